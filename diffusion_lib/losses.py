@@ -1,0 +1,99 @@
+"""Training objectives: L_simple and the terms of the variational bound.
+
+All bound terms are per example, summed over data dimensions, in nats;
+:func:`bits_per_dim` converts them.
+"""
+
+import math
+
+import torch
+
+from .sampling import reverse_mean, reverse_variances
+
+
+def l_simple(model, schedule, x0, generator=None):
+    """E_{t, x_0, eps} || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2, eq. `l-simple`.
+
+    Averaged over the batch and the dimensions, with t uniform on 0..T-1.
+    """
+    t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator, device=x0.device)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    return (eps - model(schedule.q_sample(x0, t, eps), t)).pow(2).mean()
+
+
+def gaussian_kl(mean1, var1, mean2, var2):
+    """KL(N(mean1, var1) || N(mean2, var2)) elementwise, eq. `gaussian-kl`."""
+    return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1)
+
+
+def gaussian_log_density(x, mean, var):
+    """log N(x; mean, var) elementwise."""
+    return -0.5 * (torch.log(2 * math.pi * var) + (x - mean) ** 2 / var)
+
+
+def discretized_gaussian_log_likelihood(x, mean, var, levels=256):
+    """log P(x) for data on `levels` evenly spaced values in [-1, 1], eq. `discrete-decoder`.
+
+    Each value owns the bin of width 2/(levels - 1) around it; the two end
+    bins extend to -inf and +inf (Ho et al. 2020, sec. 3.3).
+    """
+    half_bin = 1.0 / (levels - 1)
+    std = var.sqrt()
+    upper = torch.where(x > 1 - half_bin, torch.full_like(x, math.inf), (x + half_bin - mean) / std)
+    lower = torch.where(x < -1 + half_bin, torch.full_like(x, -math.inf), (x - half_bin - mean) / std)
+    mass = torch.special.ndtr(upper) - torch.special.ndtr(lower)
+    return torch.log(mass.clamp(min=1e-12))
+
+
+def _sum_dims(x):
+    return x.flatten(1).sum(1)
+
+
+def prior_loss(schedule, x0):
+    """L_T = KL(q(x_T | x_0) || N(0, I)) per example, eq. `elbo-terms`."""
+    last = schedule.T - 1
+    alpha_bar = schedule.at(schedule.alpha_bars, last, x0)
+    return _sum_dims(gaussian_kl(alpha_bar.sqrt() * x0, 1 - alpha_bar, torch.zeros_like(x0), torch.ones_like(x0)))
+
+
+def step_loss(model, schedule, x0, t, noise, variance="posterior", decoder="discrete"):
+    """The bound's term for the reverse step at t, per example, at x_t = q_sample(x0, t, noise), eq. `elbo-terms`.
+
+    For t >= 1: KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)). For t = 0:
+    the decoder's negative log-likelihood -log p_theta(x_0 | x_1), either
+    discretized for 8-bit data ("discrete") or a Gaussian density ("gaussian").
+    """
+    xt = schedule.q_sample(x0, t, noise)
+    batch_t = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
+    mean = reverse_mean(schedule, model(xt, batch_t), t, xt)
+    sigma2 = schedule.at(reverse_variances(schedule, variance), t, xt).expand_as(xt)
+    if t > 0:
+        return _sum_dims(gaussian_kl(*schedule.posterior(x0, xt, t), mean, sigma2))
+    if decoder == "discrete":
+        return -_sum_dims(discretized_gaussian_log_likelihood(x0, mean, sigma2))
+    if decoder == "gaussian":
+        return -_sum_dims(gaussian_log_density(x0, mean, sigma2))
+    raise ValueError(f"unknown decoder {decoder!r}; allowed: 'discrete', 'gaussian'")
+
+
+@torch.no_grad()
+def vlb_terms(model, schedule, x0, generator=None, variance="posterior", decoder="discrete"):
+    """All terms of the bound -log p(x_0) <= L_T + sum_t L_{t-1} + L_0, eq. `elbo-terms`.
+
+    Returns (prior, steps): prior is L_T of shape (B,); steps[:, t] is
+    :func:`step_loss` at t, shape (B, T), each at its own draw of x_t. The
+    negative ELBO in nats is ``prior + steps.sum(1)``.
+    """
+    steps = torch.stack(
+        [
+            step_loss(model, schedule, x0, t, torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device), variance, decoder)
+            for t in range(schedule.T)
+        ],
+        dim=1,
+    )
+    return prior_loss(schedule, x0), steps
+
+
+def bits_per_dim(nats, num_dims):
+    """Convert a negative log-likelihood in nats per example to bits per dimension."""
+    return nats / (num_dims * math.log(2))

@@ -1,0 +1,86 @@
+"""Figures: point clouds, reverse trajectories, image grids and schedule curves."""
+
+import matplotlib.pyplot as plt
+import torch
+
+
+def scatter(ax, points, title=None, limit=1.25, **style):
+    """Draw a 2-D point cloud (n, 2) on ax with equal axes in [-limit, limit]^2."""
+    points = torch.as_tensor(points).detach().cpu()
+    ax.scatter(points[:, 0], points[:, 1], **{"s": 2, "alpha": 0.5, **style})
+    ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal", xticks=[], yticks=[])
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def snapshots(trajectory, indices, labels, limit=1.25, size=2.4):
+    """One scatter panel per chosen state of a trajectory (steps, n, 2); returns the figure."""
+    fig, axes = plt.subplots(1, len(indices), figsize=(size * len(indices), size), squeeze=False)
+    for ax, index, label in zip(axes[0], indices, labels):
+        scatter(ax, trajectory[index], title=label, limit=limit)
+    fig.tight_layout()
+    return fig
+
+
+def paths(ax, trajectory, num_paths=30, limit=1.25, data=None):
+    """Draw the paths of the first num_paths points of a trajectory (steps, n, 2), x_T marked o and x_0 marked x."""
+    trajectory = torch.as_tensor(trajectory).detach().cpu()[:, :num_paths]
+    if data is not None:
+        scatter(ax, data, limit=limit, color="0.8")
+    for k in range(trajectory.shape[1]):
+        ax.plot(trajectory[:, k, 0], trajectory[:, k, 1], lw=0.7, alpha=0.7)
+    ax.scatter(trajectory[0, :, 0], trajectory[0, :, 1], s=12, marker="o", color="k", label="$x_T$")
+    ax.scatter(trajectory[-1, :, 0], trajectory[-1, :, 1], s=20, marker="x", color="C3", label="$x_0$")
+    ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal", xticks=[], yticks=[])
+    ax.legend(loc="upper right", fontsize=8)
+    return ax
+
+
+def image_grid(images, nrow):
+    """Tile images (n, C, H, W) in [-1, 1] into one (H', W', C) array in [0, 1], nrow images per row."""
+    images = torch.as_tensor(images).detach().cpu().float().clamp(-1, 1)
+    n, c, h, w = images.shape
+    rows = -(-n // nrow)
+    grid = torch.ones(c, rows * (h + 2) + 2, nrow * (w + 2) + 2)
+    for k, image in enumerate(images):
+        r, q = divmod(k, nrow)
+        grid[:, 2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + q * (w + 2) : 2 + q * (w + 2) + w] = (image + 1) / 2
+    return grid.permute(1, 2, 0).numpy()
+
+
+def show_images(ax, images, nrow, title=None):
+    """Draw an image grid (see :func:`image_grid`) on ax, in grey for one channel."""
+    grid = image_grid(images, nrow)
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def schedule_curves(schedules, size=(10, 3.2)):
+    """alpha_bar_t, log SNR and beta_t against t/T for a dict {name: NoiseSchedule}; returns the figure."""
+    fig, (ax_bar, ax_snr, ax_beta) = plt.subplots(1, 3, figsize=size)
+    for name, schedule in schedules.items():
+        fraction = torch.arange(schedule.T) / schedule.T
+        ax_bar.plot(fraction, schedule.alpha_bars, label=name)
+        ax_snr.plot(fraction, schedule.snr.log(), label=name)
+        ax_beta.plot(fraction, schedule.betas, label=name)
+    ax_bar.set(xlabel="t / T", title=r"$\bar\alpha_t$")
+    ax_snr.set(xlabel="t / T", title=r"$\log \mathrm{SNR}(t)$")
+    ax_beta.set(xlabel="t / T", title=r"$\beta_t$", yscale="log")
+    ax_bar.legend()
+    fig.tight_layout()
+    return fig
+
+
+def loss_curve(ax, losses, window=50, label=None):
+    """Plot a loss history with its running mean over `window` steps."""
+    losses = torch.as_tensor(losses, dtype=torch.float64)
+    ax.plot(losses, color="0.8", lw=0.5)
+    if len(losses) >= window:
+        running = losses.unfold(0, window, 1).mean(1)
+        ax.plot(torch.arange(window - 1, len(losses)), running, label=label)
+    ax.set(xlabel="step", ylabel="loss")
+    return ax
