@@ -4,5 +4,14 @@ from .losses import bits_per_dim, gaussian_kl, l_simple, vlb_terms
 from .sampling import ddpm_step, sample, sample_loop
 from .schedules import NoiseSchedule
 
-__all__ = ["NoiseSchedule", "bits_per_dim", "ddpm_step", "gaussian_kl", "l_simple", "sample", "sample_loop", "vlb_terms"]
+__all__ = [
+    "NoiseSchedule",
+    "bits_per_dim",
+    "ddpm_step",
+    "gaussian_kl",
+    "l_simple",
+    "sample",
+    "sample_loop",
+    "vlb_terms",
+]
 __version__ = "0.1.0"

@@ -17,7 +17,7 @@ def scatter(ax, points, title=None, limit=1.25, **style):
 def snapshots(trajectory, indices, labels, limit=1.25, size=2.4):
     """One scatter panel per chosen state of a trajectory (steps, n, 2); returns the figure."""
     fig, axes = plt.subplots(1, len(indices), figsize=(size * len(indices), size), squeeze=False)
-    for ax, index, label in zip(axes[0], indices, labels):
+    for ax, index, label in zip(axes[0], indices, labels, strict=True):
         scatter(ax, trajectory[index], title=label, limit=limit)
     fig.tight_layout()
     return fig
