@@ -81,8 +81,14 @@ def mnist(train=True, root=None, download=False):
     return datasets.MNIST(root=str(root), train=train, download=download, transform=to_signed)
 
 
-def mnist_images(n=None, train=True, root=None):
-    """The first n MNIST images as a float tensor (n, 1, 28, 28) in [-1, 1], and their labels."""
-    dataset = mnist(train=train, root=root)
+def mnist_images(n=None, train=True, root=None, download=False):
+    """The first n MNIST images as a float tensor (n, 1, 28, 28) in [-1, 1], and their labels (all when n is None).
+
+    ``download=True`` lets torchvision fetch missing files into the root (as in
+    Colab or Binder); files already there are used as they are.
+    """
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive number of images or None (all of them), got {n!r}")
+    dataset = mnist(train=train, root=root, download=download)
     images = dataset.data[:n].unsqueeze(1).float() / 127.5 - 1
     return images, dataset.targets[:n]

@@ -60,9 +60,10 @@ class NoiseSchedule:
 
     @classmethod
     def cosine(cls, T=1000, s=0.008, max_beta=0.999):
-        """alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) pi/2) (Nichol and Dhariwal 2021), eq. `cosine-schedule`.
+        """alpha_bar(t) = f(t)/f(0) with f(u) = cos^2(((u/T + s)/(1 + s)) pi/2), eq. `cosine-schedule`.
 
-        beta_t = 1 - alpha_bar(t + 1)/alpha_bar(t), clipped at max_beta.
+        From Nichol and Dhariwal (2021). Index t gets beta_t = 1 - f(t + 1)/f(t), clipped at max_beta (which
+        only the last steps reach, where f falls to 0).
         """
         _check_T(T)
 
@@ -76,7 +77,16 @@ class NoiseSchedule:
     def from_alpha_bars(cls, alpha_bars):
         """The schedule whose cumulative products are alpha_bars: beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}."""
         alpha_bars = torch.as_tensor(alpha_bars, dtype=torch.float64)
+        if alpha_bars.dim() != 1 or len(alpha_bars) < 1:
+            raise ValueError(f"alpha_bars must be 1-D with T >= 1 entries, got shape {tuple(alpha_bars.shape)}")
         previous = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
+        bad = ~((alpha_bars > 0) & (alpha_bars < previous))
+        if bad.any():
+            t = int(bad.nonzero()[0])
+            raise ValueError(
+                "alpha_bars must decrease strictly from below 1 to above 0, "
+                f"got alpha_bars[{t}] = {alpha_bars[t].item()} after {previous[t].item()}"
+            )
         return cls(1.0 - alpha_bars / previous)
 
     @classmethod
@@ -96,7 +106,8 @@ class NoiseSchedule:
         timesteps = torch.as_tensor(timesteps, dtype=torch.long)
         if timesteps.dim() != 1 or len(timesteps) < 1 or not (timesteps[1:] > timesteps[:-1]).all():
             raise ValueError(f"timesteps must be a non-empty increasing 1-D sequence, got {timesteps.tolist()}")
-        _as_index(timesteps, self.T, len(timesteps))
+        if timesteps[0] < 0 or timesteps[-1] >= self.T:
+            raise ValueError(f"timesteps must lie in 0..{self.T - 1} for a schedule with T={self.T}, got {timesteps.tolist()}")
         return NoiseSchedule.from_alpha_bars(self.alpha_bars[timesteps])
 
     def spaced_timesteps(self, num_steps):
@@ -111,8 +122,8 @@ class NoiseSchedule:
 
     def at(self, values, t, x):
         """values[t] as a tensor shaped to broadcast against x (B, ...), in x's dtype and device."""
-        t = _as_index(t, self.T, x.shape[0])
-        return values[t].to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        t = _as_index(t, self.T, x.shape[0]).cpu()
+        return values[t].to(dtype=x.dtype).to(x.device).reshape(-1, *([1] * (x.dim() - 1)))
 
     @property
     def snr(self):

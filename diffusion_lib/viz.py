@@ -84,3 +84,48 @@ def loss_curve(ax, losses, window=50, label=None):
         ax.plot(torch.arange(window - 1, len(losses)), running, label=label)
     ax.set(xlabel="step", ylabel="loss")
     return ax
+
+
+def image_table(cells, row_labels, column_labels, nrow=1, size=1.4):
+    """A table of image grids: cells[i][j] (n, C, H, W) in [-1, 1] drawn in row i, column j; returns the figure."""
+    if len(cells) != len(row_labels) or any(len(row) != len(column_labels) for row in cells):
+        raise ValueError(
+            f"cells must be {len(row_labels)} rows (one per row label) of {len(column_labels)} entries "
+            f"(one per column label), got rows of lengths {[len(row) for row in cells]}"
+        )
+    fig, axes = plt.subplots(len(cells), len(column_labels), figsize=(size * len(column_labels), size * len(cells)))
+    axes = axes.reshape(len(cells), len(column_labels))
+    for i, (row, row_label) in enumerate(zip(cells, row_labels, strict=True)):
+        for j, (ax, images) in enumerate(zip(axes[i], row, strict=True)):
+            show_images(ax, images, nrow, title=column_labels[j] if i == 0 else None)
+        axes[i, 0].text(-0.06, 0.5, row_label, transform=axes[i, 0].transAxes, rotation=90, ha="right", va="center")
+    fig.tight_layout()
+    return fig
+
+
+def normal_histograms(samples, bins=80, limit=4.0, size=2.4):
+    """Density histograms of the values in a dict {label: tensor}, one panel each, beside the N(0, 1) density.
+
+    Each panel has its own vertical scale, so that a tall spike does not flatten the other panels.
+    """
+    fig, axes = plt.subplots(1, len(samples), figsize=(size * len(samples), size), squeeze=False)
+    grid = torch.linspace(-limit, limit, 401)
+    normal_density = torch.exp(-grid**2 / 2) / (2 * torch.pi) ** 0.5
+    for ax, (label, values) in zip(axes[0], samples.items(), strict=True):
+        values = torch.as_tensor(values).detach().cpu().flatten().float()
+        ax.hist(values, bins=bins, range=(-limit, limit), density=True, color="C0", alpha=0.6)
+        ax.plot(grid, normal_density, color="k", ls="--", lw=1, label=r"$\mathcal{N}(0, 1)$")
+        ax.set(title=label, xlim=(-limit, limit), xticks=[-3, 0, 3], yticks=[])
+    axes[0, 0].legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def step_curves(ax, curves, first_step=1, ylabel=None, yscale="log"):
+    """Plot per-step quantities {label: values (n,)} against the text's step t = first_step, ..., first_step + n - 1."""
+    for label, values in curves.items():
+        values = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+        ax.plot(torch.arange(first_step, first_step + len(values)), values, label=label)
+    ax.set(xlabel="step $t$", ylabel=ylabel, yscale=yscale)
+    ax.legend()
+    return ax
