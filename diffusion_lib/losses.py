@@ -10,6 +10,8 @@ import torch
 
 from .sampling import reverse_mean, reverse_variances
 
+DECODERS = ("discrete", "gaussian")
+
 
 def l_simple(model, schedule, x0, generator=None):
     """E_{t, x_0, eps} || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2, eq. `l-simple`.
@@ -35,13 +37,21 @@ def discretized_gaussian_log_likelihood(x, mean, var, levels=256):
     """log P(x) for data on `levels` evenly spaced values in [-1, 1], eq. `discrete-decoder`.
 
     Each value owns the bin of width 2/(levels - 1) around it; the two end
-    bins extend to -inf and +inf (Ho et al. 2020, sec. 3.3).
+    bins extend to -inf and +inf (Ho et al. 2020, sec. 3.3). The normal CDF is
+    taken as erfc(-z / sqrt(2)) / 2, accurate in the lower tail, and a bin
+    above the mean is measured in the upper tail, Phi(-lower) - Phi(-upper),
+    so that small masses stay accurate even in float32; masses are floored
+    at 1e-12.
     """
     half_bin = 1.0 / (levels - 1)
     std = var.sqrt()
     upper = torch.where(x > 1 - half_bin, torch.full_like(x, math.inf), (x + half_bin - mean) / std)
     lower = torch.where(x < -1 + half_bin, torch.full_like(x, -math.inf), (x - half_bin - mean) / std)
-    mass = torch.special.ndtr(upper) - torch.special.ndtr(lower)
+
+    def cdf(z):
+        return 0.5 * torch.special.erfc(-z / math.sqrt(2))
+
+    mass = torch.where(lower > 0, cdf(-lower) - cdf(-upper), cdf(upper) - cdf(lower))
     return torch.log(mass.clamp(min=1e-12))
 
 
@@ -62,7 +72,12 @@ def step_loss(model, schedule, x0, t, noise, variance="posterior", decoder="disc
     For t >= 1: KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)). For t = 0:
     the decoder's negative log-likelihood -log p_theta(x_0 | x_1), either
     discretized for 8-bit data ("discrete") or a Gaussian density ("gaussian").
+    ``t`` is an int step index in 0..T-1.
     """
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; allowed: {', '.join(DECODERS)}")
+    if not isinstance(t, int):
+        raise TypeError(f"t must be an int step index for step_loss, got {t!r}")
     xt = schedule.q_sample(x0, t, noise)
     batch_t = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
     mean = reverse_mean(schedule, model(xt, batch_t), t, xt)
@@ -71,9 +86,7 @@ def step_loss(model, schedule, x0, t, noise, variance="posterior", decoder="disc
         return _sum_dims(gaussian_kl(*schedule.posterior(x0, xt, t), mean, sigma2))
     if decoder == "discrete":
         return -_sum_dims(discretized_gaussian_log_likelihood(x0, mean, sigma2))
-    if decoder == "gaussian":
-        return -_sum_dims(gaussian_log_density(x0, mean, sigma2))
-    raise ValueError(f"unknown decoder {decoder!r}; allowed: 'discrete', 'gaussian'")
+    return -_sum_dims(gaussian_log_density(x0, mean, sigma2))
 
 
 @torch.no_grad()
@@ -84,16 +97,27 @@ def vlb_terms(model, schedule, x0, generator=None, variance="posterior", decoder
     :func:`step_loss` at t, shape (B, T), each at its own draw of x_t. The
     negative ELBO in nats is ``prior + steps.sum(1)``.
     """
-    steps = torch.stack(
-        [
-            step_loss(model, schedule, x0, t, torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device), variance, decoder)
-            for t in range(schedule.T)
-        ],
-        dim=1,
-    )
-    return prior_loss(schedule, x0), steps
+
+    def noise():
+        return torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+
+    steps = [step_loss(model, schedule, x0, t, noise(), variance, decoder) for t in range(schedule.T)]
+    return prior_loss(schedule, x0), torch.stack(steps, dim=1)
+
+
+def vlb_weights(schedule, variance="posterior"):
+    """lambda_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t)) for t = 0..T-1, eq. `elbo-eps-weight`.
+
+    For t >= 1 the KL term of the bound is lambda_t ||eps - eps_theta||^2 plus
+    a constant; at t = 0 the same weight multiplies the noise error in the
+    Gaussian decoder's negative log-likelihood.
+    """
+    sigma2 = reverse_variances(schedule, variance)
+    return schedule.betas**2 / (2 * sigma2 * schedule.alphas * (1 - schedule.alpha_bars))
 
 
 def bits_per_dim(nats, num_dims):
-    """Convert a negative log-likelihood in nats per example to bits per dimension."""
+    """Convert a negative log-likelihood in nats per example to bits per dimension, eq. `elbo-bpd`."""
+    if num_dims < 1:
+        raise ValueError(f"num_dims must be a positive number of data dimensions, got {num_dims!r}")
     return nats / (num_dims * math.log(2))
