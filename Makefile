@@ -19,8 +19,8 @@ test: venv lint
 	$(BIN)/python -m pytest
 
 lint: venv
-	$(BIN)/ruff check diffusion_lib tests tools
-	$(BIN)/ruff format --check diffusion_lib tests tools
+	$(BIN)/ruff check diffusion_lib tests tools benchmarks
+	$(BIN)/ruff format --check diffusion_lib tests tools benchmarks
 
 book: venv
 	rm -rf book/_build

@@ -65,7 +65,7 @@ def sample_loop(model, schedule, x_T, step=ddpm_step, num_steps=None, generator=
     and each step uses the respaced schedule (eq. `respacing`); the model is
     always called with the original 0-indexed step t as a LongTensor of shape (B,).
     """
-    timesteps = schedule.spaced_timesteps(num_steps or schedule.T)
+    timesteps = schedule.spaced_timesteps(schedule.T if num_steps is None else num_steps)
     steps_schedule = schedule.respaced(timesteps)
     x = x_T
     for i in reversed(range(len(timesteps))):
@@ -83,9 +83,9 @@ def sample(model, schedule, shape, generator=None, num_steps=None, trajectory=Fa
     Returns x_0, or with ``trajectory=True`` a tensor (num_steps + 1, *shape)
     holding x_T first and x_0 last.
     """
-    x = torch.randn(shape, generator=generator, device=device)
-    states = [x]
-    for _, x in sample_loop(model, schedule, x, generator=generator, num_steps=num_steps, **step_options):
+    x_T = torch.randn(shape, generator=generator, device=device)
+    states = [x_T]
+    for _, x in sample_loop(model, schedule, x_T, generator=generator, num_steps=num_steps, **step_options):
         if trajectory:
             states.append(x)
     return torch.stack(states) if trajectory else x

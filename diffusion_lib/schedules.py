@@ -107,7 +107,9 @@ class NoiseSchedule:
         if timesteps.dim() != 1 or len(timesteps) < 1 or not (timesteps[1:] > timesteps[:-1]).all():
             raise ValueError(f"timesteps must be a non-empty increasing 1-D sequence, got {timesteps.tolist()}")
         if timesteps[0] < 0 or timesteps[-1] >= self.T:
-            raise ValueError(f"timesteps must lie in 0..{self.T - 1} for a schedule with T={self.T}, got {timesteps.tolist()}")
+            raise ValueError(
+                f"timesteps must lie in 0..{self.T - 1} for a schedule with T={self.T}, got {timesteps.tolist()}"
+            )
         return NoiseSchedule.from_alpha_bars(self.alpha_bars[timesteps])
 
     def spaced_timesteps(self, num_steps):

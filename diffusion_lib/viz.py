@@ -23,14 +23,14 @@ def snapshots(trajectory, indices, labels, limit=1.25, size=2.4):
     return fig
 
 
-def paths(ax, trajectory, num_paths=30, limit=1.25, data=None):
-    """Draw the paths of the first num_paths points of a trajectory (steps, n, 2), x_T marked o and x_0 marked x."""
+def paths(ax, trajectory, num_paths=30, limit=1.25, data=None, start_label="$x_T$"):
+    """Draw the paths of the first num_paths points of a trajectory (steps, n, 2), start marked o and x_0 marked x."""
     trajectory = torch.as_tensor(trajectory).detach().cpu()[:, :num_paths]
     if data is not None:
         scatter(ax, data, limit=limit, color="0.8")
     for k in range(trajectory.shape[1]):
         ax.plot(trajectory[:, k, 0], trajectory[:, k, 1], lw=0.7, alpha=0.7)
-    ax.scatter(trajectory[0, :, 0], trajectory[0, :, 1], s=12, marker="o", color="k", label="$x_T$")
+    ax.scatter(trajectory[0, :, 0], trajectory[0, :, 1], s=12, marker="o", color="k", label=start_label)
     ax.scatter(trajectory[-1, :, 0], trajectory[-1, :, 1], s=20, marker="x", color="C3", label="$x_0$")
     ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal", xticks=[], yticks=[])
     ax.legend(loc="upper right", fontsize=8)
@@ -110,7 +110,7 @@ def normal_histograms(samples, bins=80, limit=4.0, size=2.4):
     """
     fig, axes = plt.subplots(1, len(samples), figsize=(size * len(samples), size), squeeze=False)
     grid = torch.linspace(-limit, limit, 401)
-    normal_density = torch.exp(-grid**2 / 2) / (2 * torch.pi) ** 0.5
+    normal_density = torch.exp(-(grid**2) / 2) / (2 * torch.pi) ** 0.5
     for ax, (label, values) in zip(axes[0], samples.items(), strict=True):
         values = torch.as_tensor(values).detach().cpu().flatten().float()
         ax.hist(values, bins=bins, range=(-limit, limit), density=True, color="C0", alpha=0.6)
@@ -121,11 +121,40 @@ def normal_histograms(samples, bins=80, limit=4.0, size=2.4):
     return fig
 
 
-def step_curves(ax, curves, first_step=1, ylabel=None, yscale="log"):
+def step_curves(ax, curves, first_step=1, ylabel=None, yscale="log", xscale="log"):
     """Plot per-step quantities {label: values (n,)} against the text's step t = first_step, ..., first_step + n - 1."""
     for label, values in curves.items():
         values = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
         ax.plot(torch.arange(first_step, first_step + len(values)), values, label=label)
-    ax.set(xlabel="step $t$", ylabel=ylabel, yscale=yscale)
+    ax.set(xlabel="step $t$", ylabel=ylabel, yscale=yscale, xscale=xscale)
     ax.legend()
+    return ax
+
+
+def heatmap(ax, values, extent=None, title=None, xlabel=None, ylabel=None, cmap="RdBu_r", symmetric=True):
+    """Draw a matrix (rows, columns) as an image, row 0 at the bottom; returns the image (for a colorbar).
+
+    extent = (left, right, bottom, top) labels the axes; symmetric centres the colour scale at 0.
+    """
+    values = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+    limit = values.abs().max().item() if symmetric else None
+    vmin = -limit if symmetric else None
+    image = ax.imshow(values, origin="lower", aspect="auto", extent=extent, cmap=cmap, vmin=vmin, vmax=limit)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return image
+
+
+def metric_curves(ax, settings, curves, floor=None, xlabel=None, ylabel=None, xscale="log", yscale="log"):
+    """Plot distances {label: values} against settings (e.g. numbers of steps), beside a band for the floor.
+
+    floor = (mean, std) of the same distance between two fresh draws of the data; it is drawn as a grey band.
+    """
+    for label, values in curves.items():
+        ax.plot(settings, values, marker="o", label=label)
+    if floor is not None:
+        mean, std = floor
+        ax.axhspan(mean - std, mean + std, color="0.85", label="data vs data")
+        ax.axhline(mean, color="0.5", lw=0.8)
+    ax.set(xlabel=xlabel, ylabel=ylabel, xscale=xscale, yscale=yscale)
+    ax.legend(fontsize=8)
     return ax
