@@ -1,6 +1,6 @@
 """diffusion_lib: the code of the diffusion-models textbook, one concept per module."""
 
-from .losses import bits_per_dim, gaussian_kl, l_simple, vlb_terms
+from .losses import bits_per_dim, gaussian_kl, l_simple, vlb_terms, vlb_weights
 from .sampling import ddpm_step, sample, sample_loop
 from .schedules import NoiseSchedule
 
@@ -13,5 +13,6 @@ __all__ = [
     "sample",
     "sample_loop",
     "vlb_terms",
+    "vlb_weights",
 ]
 __version__ = "0.1.0"

@@ -5,6 +5,8 @@ and returns x_{t-1}; :func:`sample_loop` runs any of them with any callable
 ``model(x, t) -> eps``.
 """
 
+from numbers import Integral
+
 import torch
 
 REVERSE_VARIANCES = ("posterior", "beta")
@@ -45,8 +47,9 @@ def ddpm_step(schedule, eps, t, xt, noise, variance="posterior", clip_x0=False):
     mean is returned. ``t`` is an int in 0..T-1; ``clip_x0`` clamps the
     estimate of x_0 to [-1, 1] first.
     """
-    if not isinstance(t, int):
+    if not isinstance(t, Integral) or isinstance(t, bool):
         raise TypeError(f"t must be an int step index for ddpm_step, got {t!r}")
+    t = int(t)
     sigma2 = reverse_variances(schedule, variance)
     mean = reverse_mean(schedule, eps, t, xt, clip_x0)
     if t == 0:

@@ -7,15 +7,16 @@ t + 1), as in diffusers; all tables are float64.
 """
 
 import math
+from numbers import Integral
 
 import torch
 
 
 def _as_index(t, T, batch_size):
-    """Check t (an int or a LongTensor of shape (B,)) and return a LongTensor of shape (B,)."""
-    if isinstance(t, int):
-        t = torch.full((batch_size,), t, dtype=torch.long)
-    if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64):
+    """Check t (an integer or an integer tensor of shape (B,)) and return a LongTensor of shape (B,)."""
+    if isinstance(t, Integral) and not isinstance(t, bool):
+        t = torch.full((batch_size,), int(t), dtype=torch.long)
+    if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"t must be an int or an integer tensor of shape (B,), got {t!r}")
     if t.dim() == 0:
         t = t.expand(batch_size)
@@ -191,7 +192,7 @@ class NoiseSchedule:
 
 
 def _check_T(T):
-    if not isinstance(T, int) or T < 1:
+    if not isinstance(T, Integral) or isinstance(T, bool) or T < 1:
         raise ValueError(f"T must be a positive integer number of steps, got {T!r}")
 
 

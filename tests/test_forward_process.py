@@ -320,3 +320,15 @@ def test_mnist_missing_folder_is_named(tmp_path):
 def test_mnist_images_rejects_bad_n():
     with pytest.raises(ValueError, match="n must be a positive number of images"):
         mnist_images(0)
+
+
+def test_any_integer_type_indexes_a_step():
+    """Python ints, NumPy integers and integer tensors of any width name the same step."""
+    import numpy as np
+
+    schedule = NoiseSchedule.linear(T=np.int64(50))
+    x0, noise = torch.ones(3, 2, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64)
+    expected = schedule.q_sample(x0, torch.tensor([7, 7, 7]), noise)
+    for t in (7, np.int32(7), torch.tensor([7, 7, 7], dtype=torch.uint8), torch.tensor([7, 7, 7], dtype=torch.int16)):
+        torch.testing.assert_close(schedule.q_sample(x0, t, noise), expected, rtol=0, atol=0)
+    assert torch.allclose(expected, torch.full_like(x0, schedule.alpha_bars[7].sqrt().item()))
