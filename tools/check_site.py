@@ -16,7 +16,7 @@ ERROR_MARKERS = ("Traceback (most recent call last)", "output stderr", "output t
 
 def chapters():
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    entries = [toc["root"]] + [chapter["file"] for chapter in toc["chapters"]]
+    entries = [toc["root"]] + [chapter["file"] for part in toc["parts"] for chapter in part["chapters"]]
     return [Path(entry).stem for entry in entries if (ROOT / "book" / entry).read_text().startswith("---\njupytext")]
 
 
