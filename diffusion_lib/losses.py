@@ -24,8 +24,14 @@ def l_simple(model, schedule, x0, generator=None):
 
 
 def gaussian_kl(mean1, var1, mean2, var2):
-    """KL(N(mean1, var1) || N(mean2, var2)) elementwise, eq. `gaussian-kl`."""
-    return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1)
+    """KL(N(mean1, var1) || N(mean2, var2)) elementwise, eq. `gaussian-kl`.
+
+    Written with r = var1 / var2 as (r - 1 - log r + (mean1 - mean2)^2 / var2) / 2,
+    where r - 1 - log r is evaluated as expm1(log r) - log r so that it keeps
+    its precision when var1 is close to var2.
+    """
+    log_ratio = torch.log(var1) - torch.log(var2)
+    return 0.5 * (torch.expm1(log_ratio) - log_ratio + (mean1 - mean2) ** 2 / var2)
 
 
 def gaussian_log_density(x, mean, var):

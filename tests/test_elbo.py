@@ -357,3 +357,16 @@ def test_unknown_decoder_or_variance_names_raise():
         vlb_terms(model, schedule, x0, variance="learned")
     with pytest.raises(ValueError, match="'large'"):
         vlb_weights(schedule, "large")
+
+
+def test_gaussian_kl_keeps_its_precision_for_nearly_equal_variances():
+    """At the cosine schedule's last step 1 - alpha_bar differs from 1 by ~2e-9: compare with 50-digit arithmetic."""
+    from mpmath import log, mp, mpf
+
+    mp.dps = 50
+    schedule = NoiseSchedule.cosine()
+    x0 = torch.linspace(-1, 1, 11, dtype=torch.float64)[None]
+    alpha_bar = mpf(schedule.alpha_bars[-1].item())
+    variance = 1 - alpha_bar
+    exact = sum(mpf(0.5) * (variance - 1 - log(variance) + alpha_bar * mpf(x.item()) ** 2) for x in x0[0])
+    assert abs(prior_loss(schedule, x0).item() - float(exact)) <= 1e-12 * float(exact)
