@@ -33,3 +33,12 @@ def mmd(x, y, bandwidths=(0.05, 0.1, 0.2, 0.5, 1.0)):
         return (k.sum() - k.diagonal().sum()) / (n * (n - 1))
 
     return (off_diagonal_mean(kernel(x, x)) + off_diagonal_mean(kernel(y, y)) - 2 * kernel(x, y).mean()).item()
+
+
+def nearest_distances(x, reference):
+    """Euclidean distance from each row of x (n, d) to its nearest row of reference (m, d)."""
+    if x.dim() != 2 or reference.dim() != 2 or x.shape[1] != reference.shape[1]:
+        raise ValueError(
+            f"x and reference must have shapes (n, d) and (m, d), got {tuple(x.shape)} and {tuple(reference.shape)}"
+        )
+    return torch.cdist(x, reference.to(x.dtype)).min(dim=1).values

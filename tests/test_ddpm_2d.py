@@ -13,7 +13,7 @@ import torch
 
 from diffusion_lib import NoiseSchedule, ddpm_step, sample, sample_loop
 from diffusion_lib.data import toy_data
-from diffusion_lib.metrics import mmd, sliced_wasserstein
+from diffusion_lib.metrics import mmd, nearest_distances, sliced_wasserstein
 from diffusion_lib.models import MLPDenoiser, sinusoidal_embedding
 from diffusion_lib.train import cosine_learning_rate, fit
 
@@ -280,3 +280,10 @@ def test_a_small_trained_model_samples_close_to_the_data():
     assert sum(losses[-50:]) < sum(losses[:50])
     assert trained < 3 * floor, (trained, floor)
     assert untrained > 3 * trained, (untrained, trained)
+
+
+def test_nearest_distances_match_a_double_loop():
+    generator = torch.Generator().manual_seed(3)
+    x, reference = torch.randn(7, 3, generator=generator), torch.randn(11, 3, generator=generator)
+    expected = torch.tensor([min(((a - b) ** 2).sum().sqrt().item() for b in reference) for a in x])
+    torch.testing.assert_close(nearest_distances(x, reference), expected, rtol=1e-5, atol=1e-6)
