@@ -1,12 +1,14 @@
-"""Data: two-dimensional toy distributions and MNIST through torchvision.
+"""Data: two-dimensional toy distributions, and image data sets through torchvision.
 
 Toy sets are float32 tensors of shape (n, 2) that lie (up to their noise) in
 the square [-1, 1]^2, the range of image pixels, so that the same samplers,
-clipping included, serve both. Image
-data sets live under a root folder: the ``root`` argument, else the
-environment variable ``DIFFUSION_DATA``, else ``data/``.
+clipping included, serve both. Image data sets (``image_dataset``) give
+(image, label) pairs, images float32 (C, H, W) in [-1, 1]; they live under a
+root folder: the ``root`` argument, else the environment variable
+``DIFFUSION_DATA``, else ``data/``.
 """
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -19,6 +21,10 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+CELEBA_FILES = ("img_align_celeba", "list_eval_partition.txt")
+IMAGE_DATASETS = ("mnist", "cifar10", "celeba", "digits", "folder:PATH")
+IN_MEMORY = ("mnist", "cifar10", "digits")
 
 
 def two_moons(n, generator=None, noise=0.05):
@@ -61,24 +67,39 @@ def data_root(root=None):
     return Path(root or os.environ.get("DIFFUSION_DATA") or "data")
 
 
-def mnist(train=True, root=None, download=False):
-    """torchvision's MNIST under data_root(root), images as (1, 28, 28) tensors in [-1, 1].
+def _require(title, root, subfolder, files, remedy):
+    """Returns root / subfolder; raises FileNotFoundError naming it, the files it lacks and the remedy."""
+    folder = root / subfolder
+    missing = [name for name in files if not (folder / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{title} not found: {folder.resolve()} lacks {', '.join(missing)}. Point DIFFUSION_DATA (or root=) "
+            f"at a folder holding {subfolder}/, or {remedy}."
+        )
+    return folder
 
-    Raises FileNotFoundError naming the folder and the files when they are
-    missing and ``download`` is False.
+
+def _to_signed(*steps, size=None):
+    """A torchvision transform: steps on a PIL image, Resize(size) if size, then float32 (C, H, W) in [-1, 1]."""
+    from torchvision import transforms
+
+    resize = [transforms.Resize(size)] if size else []
+    return transforms.Compose([*steps, *resize, transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+
+
+def mnist(train=True, root=None, download=False, image_size=None):
+    """torchvision's MNIST under data_root(root): items (image, label), images (1, 28, 28) in [-1, 1].
+
+    image_size, when given, resizes the images to (1, image_size, image_size).
+    Raises FileNotFoundError naming the folder and the missing files when
+    ``download`` is False.
     """
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
     root = data_root(root)
-    raw = root / "MNIST" / "raw"
-    missing = [name for name in MNIST_FILES if not (raw / name).exists()]
-    if missing and not download:
-        raise FileNotFoundError(
-            f"MNIST not found: {raw.resolve()} lacks {', '.join(missing)}. Point DIFFUSION_DATA (or root=) at a "
-            "folder holding MNIST/raw/, or call mnist(download=True) to let torchvision fetch it there."
-        )
-    to_signed = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
-    return datasets.MNIST(root=str(root), train=train, download=download, transform=to_signed)
+    if not download:
+        _require("MNIST", root, "MNIST/raw", MNIST_FILES, "pass download=True to let torchvision fetch it there")
+    return datasets.MNIST(str(root), train=train, download=download, transform=_to_signed(size=image_size))
 
 
 def mnist_images(n=None, train=True, root=None, download=False):
@@ -92,3 +113,153 @@ def mnist_images(n=None, train=True, root=None, download=False):
     dataset = mnist(train=train, root=root, download=download)
     images = dataset.data[:n].unsqueeze(1).float() / 127.5 - 1
     return images, dataset.targets[:n]
+
+
+@functools.cache
+def _cifar10_files():
+    """A subclass of torchvision's CIFAR10, built on first use so that importing this module skips torchvision."""
+    from torchvision import datasets
+
+    class CIFAR10Files(datasets.CIFAR10):
+        """torchvision's CIFAR10; md5 None makes its integrity check an existence check (downloads keep theirs)."""
+
+        train_list = [[name, None] for name, _ in datasets.CIFAR10.train_list]
+        test_list = [[name, None] for name, _ in datasets.CIFAR10.test_list]
+        meta = {**datasets.CIFAR10.meta, "md5": None}
+
+        def __reduce__(self):
+            """Pickles (for DataLoader workers) as a torchvision CIFAR10 with the same contents."""
+            return object.__new__, (datasets.CIFAR10,), self.__dict__
+
+    return CIFAR10Files
+
+
+def cifar10(train=True, root=None, download=False, image_size=None):
+    """CIFAR-10 in torchvision's layout: items (image, label), images (3, 32, 32) in [-1, 1].
+
+    Reads data_root(root)/cifar-10-batches-py/, checking that the files exist
+    but not their md5 sums (so copies and small test files load). image_size,
+    when given, resizes the images. Raises FileNotFoundError naming the folder
+    and the missing files when ``download`` is False.
+    """
+    root = data_root(root)
+    if not download:
+        _require("CIFAR-10", root, "cifar-10-batches-py", CIFAR10_FILES, "pass download=True to fetch it there")
+    return _cifar10_files()(str(root), train=train, download=download, transform=_to_signed(size=image_size))
+
+
+class LabelledTensors(torch.utils.data.TensorDataset):
+    """A TensorDataset of (image, label) whose items give the label as an int."""
+
+    def __getitem__(self, index):
+        image, label = super().__getitem__(index)
+        return image, int(label)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files read as RGB through a transform; items (transform(image), 0): the files carry no labels."""
+
+    def __init__(self, paths, transform):
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert("RGB")), 0
+
+
+def celeba(train=True, root=None, image_size=64):
+    """Aligned CelebA under data_root(root)/celeba/: items (image, 0), images (3, image_size, image_size) in [-1, 1].
+
+    Reads img_align_celeba/*.jpg and list_eval_partition.txt, whose lines
+    "000001.jpg 0" give each image's partition: train=True takes partition 0
+    (train), train=False partition 2 (test). Each image is centre-cropped to
+    140 x 140, then resized to image_size (DDPM's CelebA pipeline). Raises
+    FileNotFoundError naming the folder and the missing files.
+    """
+    from torchvision import transforms
+
+    remedy = "download img_align_celeba/ and list_eval_partition.txt from the CelebA site (no automatic download)"
+    folder = _require("CelebA", data_root(root), "celeba", CELEBA_FILES, remedy)
+    split = ["0" if train else "2"]
+    lines = (folder / "list_eval_partition.txt").read_text().splitlines()
+    paths = [folder / "img_align_celeba" / line.split()[0] for line in lines if line.split()[1:] == split]
+    return ImageFiles(paths, _to_signed(transforms.CenterCrop(140), size=image_size))
+
+
+def digits(train=True, image_size=None):
+    """scikit-learn's 8 x 8 digits: items (image, label), images (1, 8, 8) in [-1, 1] (from the values 0..16).
+
+    train=True gives the first 1500 of the 1797 images, train=False the other 297.
+    image_size, when given, resizes the images (bilinear).
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    part = slice(None, 1500) if train else slice(1500, None)
+    images = torch.tensor(bunch.images[part], dtype=torch.float32).unsqueeze(1) / 8 - 1
+    if image_size not in (None, 8):
+        images = torch.nn.functional.interpolate(images, size=(image_size, image_size), mode="bilinear")
+    return LabelledTensors(images, torch.tensor(bunch.target[part], dtype=torch.int64))
+
+
+def image_folder(path, image_size):
+    """Any folder of images: items (image, label), images RGB (3, image_size, image_size) in [-1, 1].
+
+    With class subfolders it is torchvision's ImageFolder (labels: the
+    subfolders' indices in sorted order), else all image files directly in path,
+    sorted by name, with label 0. Images are resized (shorter side) to
+    image_size, then centre-cropped to a square.
+    """
+    from torchvision import datasets, transforms
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    if image_size is None:
+        raise ValueError("image_size is required for a folder of images (they may have any size), got None")
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"image folder not found: {path.resolve()} is not a folder")
+    transform = _to_signed(transforms.Resize(image_size), transforms.CenterCrop(image_size))
+    if any(entry.is_dir() for entry in path.iterdir()):
+        return datasets.ImageFolder(str(path), transform=transform)
+    files = sorted(entry for entry in path.iterdir() if entry.suffix.lower() in IMG_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"no image files ({', '.join(IMG_EXTENSIONS)}) in {path.resolve()}")
+    return ImageFiles(files, transform)
+
+
+def image_dataset(name, train=True, root=None, image_size=None, download=False):
+    """The named image data set: a Dataset of (image, label), images float32 (C, H, W) in [-1, 1], labels int.
+
+    name: "mnist" (1 x 28 x 28), "cifar10" (3 x 32 x 32), "celeba" (3 x 64 x 64,
+    label 0), "digits" (1 x 8 x 8) or "folder:PATH" (3 x image_size x image_size).
+    image_size resizes the images (square); it is required for folders. root
+    is resolved by data_root; a folder's PATH is used as given, and ``train`` is
+    ignored for folders. download=True lets torchvision fetch MNIST or CIFAR-10
+    into the root; the other sets ignore it. Raises ValueError for an unknown
+    name, FileNotFoundError, naming the folder and the files, for missing data.
+    """
+    if isinstance(name, str) and name.startswith("folder:"):
+        return image_folder(name.removeprefix("folder:"), image_size)
+    if name == "mnist":
+        return mnist(train, root, download, image_size)
+    if name == "cifar10":
+        return cifar10(train, root, download, image_size)
+    if name == "celeba":
+        return celeba(train, root, image_size or 64)
+    if name == "digits":
+        return digits(train, image_size)
+    raise ValueError(f"unknown image data set {name!r}; allowed: {', '.join(IMAGE_DATASETS)}")
+
+
+def as_tensors(dataset, batch_size=1024):
+    """The whole data set in order: images as one float32 tensor (N, C, H, W) and labels as int64 (N,)."""
+    batches = list(torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False))
+    if not batches:
+        raise ValueError("the data set is empty: there are no images to stack")
+    images, labels = zip(*batches, strict=True)
+    return torch.cat(images).float(), torch.cat(labels).long()

@@ -13,6 +13,31 @@ from .sampling import reverse_mean, reverse_variances
 DECODERS = ("discrete", "gaussian")
 
 
+PREDICTIONS = ("eps", "x0", "v")
+
+
+def prediction_target(schedule, x0, t, eps, prediction="eps"):
+    """What the network is trained to output at x_t: the noise eps, the clean x_0, or v (eq. `v-prediction`)."""
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return schedule.v_from_eps(x0, t, eps)
+    raise ValueError(f"unknown prediction {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+
+
+def denoising_loss(model, schedule, x0, t, eps, prediction="eps"):
+    """|| target - f_theta(x_t, t) ||^2 averaged over batch and dimensions, eq. `l-simple` and its x_0 and v variants.
+
+    x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps; the target is
+    :func:`prediction_target`. The network's output is compared in float32
+    even when it ran in lower precision.
+    """
+    target = prediction_target(schedule, x0, t, eps, prediction)
+    return (target - model(schedule.q_sample(x0, t, eps), t).float()).pow(2).mean()
+
+
 def l_simple(model, schedule, x0, generator=None):
     """E_{t, x_0, eps} || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2, eq. `l-simple`.
 
@@ -20,7 +45,7 @@ def l_simple(model, schedule, x0, generator=None):
     """
     t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator, device=x0.device)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-    return (eps - model(schedule.q_sample(x0, t, eps), t)).pow(2).mean()
+    return denoising_loss(model, schedule, x0, t, eps)
 
 
 def gaussian_kl(mean1, var1, mean2, var2):

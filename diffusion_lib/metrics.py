@@ -1,4 +1,4 @@
-"""Distances between two sets of samples."""
+"""Distances between sets of samples, and the classifier-based measures of generated images (FID among them)."""
 
 import torch
 
@@ -35,10 +35,76 @@ def mmd(x, y, bandwidths=(0.05, 0.1, 0.2, 0.5, 1.0)):
     return (off_diagonal_mean(kernel(x, x)) + off_diagonal_mean(kernel(y, y)) - 2 * kernel(x, y).mean()).item()
 
 
-def nearest_distances(x, reference):
-    """Euclidean distance from each row of x (n, d) to its nearest row of reference (m, d)."""
+def nearest_neighbours(x, reference, chunk_size=1024):
+    """For each row of x (n, d): the Euclidean distance to its nearest row of reference (m, d), and that row's index.
+
+    Works through x in chunks so that the (chunk, m) distance matrix stays small.
+    """
     if x.dim() != 2 or reference.dim() != 2 or x.shape[1] != reference.shape[1]:
         raise ValueError(
             f"x and reference must have shapes (n, d) and (m, d), got {tuple(x.shape)} and {tuple(reference.shape)}"
         )
-    return torch.cdist(x, reference.to(x.dtype)).min(dim=1).values
+    reference = reference.to(x.dtype)
+    nearest = [torch.cdist(chunk, reference).min(dim=1) for chunk in x.split(chunk_size)]
+    return torch.cat([n.values for n in nearest]), torch.cat([n.indices for n in nearest])
+
+
+def nearest_distances(x, reference):
+    """Euclidean distance from each row of x (n, d) to its nearest row of reference (m, d)."""
+    return nearest_neighbours(x, reference)[0]
+
+
+def gaussian_statistics(features):
+    """Mean and (unbiased) covariance of the rows of features (n, d), in float64."""
+    features = features.double()
+    return features.mean(dim=0), torch.cov(features.T)
+
+
+def frechet_distance(mean1, cov1, mean2, cov2):
+    """||mu_1 - mu_2||^2 + tr(S_1 + S_2 - 2 (S_1^(1/2) S_2 S_1^(1/2))^(1/2)), eq. `frechet-distance`.
+
+    The squared 2-Wasserstein distance between N(mu_1, S_1) and N(mu_2, S_2).
+    The trace of the matrix square root is the sum of the square roots of the
+    eigenvalues of the symmetric matrix S_1^(1/2) S_2 S_1^(1/2), in float64.
+    """
+    root1 = _symmetric_sqrt(cov1.double())
+    middle = root1 @ cov2.double() @ root1
+    trace_root = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    difference = (mean1 - mean2).double()
+    return (difference @ difference + cov1.trace() + cov2.trace() - 2 * trace_root).item()
+
+
+def _symmetric_sqrt(matrix):
+    values, vectors = torch.linalg.eigh(matrix)
+    return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def fid(features1, features2):
+    """The Frechet distance between Gaussians fitted to two sets of features (n1, d) and (n2, d), eq. `fid`."""
+    if features1.dim() != 2 or features2.dim() != 2 or features1.shape[1] != features2.shape[1]:
+        raise ValueError(
+            f"features must have shapes (n1, d) and (n2, d), got {tuple(features1.shape)} and {tuple(features2.shape)}"
+        )
+    return frechet_distance(*gaussian_statistics(features1), *gaussian_statistics(features2))
+
+
+@torch.no_grad()
+def classify(classifier, images, batch_size=1000):
+    """Features (n, d) and class probabilities (n, k) of images from a classifier in eval mode.
+
+    The classifier provides ``features(x)`` (its penultimate layer) and
+    ``logits(features)``, as :class:`~diffusion_lib.models.classifier.Classifier` does.
+    """
+    features = torch.cat([classifier.features(batch) for batch in images.split(batch_size)])
+    return features, classifier.logits(features).softmax(dim=1)
+
+
+def confident_fraction(probabilities, threshold=0.9):
+    """The fraction of rows whose largest class probability is at least threshold."""
+    return (probabilities.max(dim=1).values >= threshold).float().mean().item()
+
+
+def class_fractions(probabilities):
+    """The fraction of rows assigned (by largest probability) to each class, a tensor (k,)."""
+    counts = torch.bincount(probabilities.argmax(dim=1), minlength=probabilities.shape[1])
+    return counts.double() / len(probabilities)

@@ -92,3 +92,20 @@ def sample(model, schedule, shape, generator=None, num_steps=None, trajectory=Fa
         if trajectory:
             states.append(x)
     return torch.stack(states) if trajectory else x
+
+
+def as_eps_model(model, schedule, prediction):
+    """Turn a network that predicts eps, x_0 or v into the callable (x_t, t) -> eps that the samplers take.
+
+    x_0 predictions convert by eq. `q-marginal` solved for eps, v predictions by eq. `v-prediction`.
+    """
+    conversions = {"x0": schedule.eps_from_x0, "v": schedule.eps_from_v}
+    if prediction == "eps":
+        return model
+    if prediction not in conversions:
+        raise ValueError(f"unknown prediction {prediction!r}; allowed: eps, {', '.join(conversions)}")
+
+    def eps(x, t):
+        return conversions[prediction](x, t, model(x, t).to(x.dtype))
+
+    return eps

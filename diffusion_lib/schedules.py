@@ -12,17 +12,24 @@ from numbers import Integral
 import torch
 
 
-def _as_index(t, T, batch_size):
-    """Check t (an integer or an integer tensor of shape (B,)) and return a LongTensor of shape (B,)."""
+def _as_index(t, T, batch_size, device=None):
+    """Check t (an integer or an integer tensor of shape (B,)) and return a LongTensor of shape (B,).
+
+    The range check reads t's values, so it runs for CPU tensors only: on an
+    accelerator it would stall the device, and indexing out of range fails
+    there anyway.
+    """
     if isinstance(t, Integral) and not isinstance(t, bool):
-        t = torch.full((batch_size,), int(t), dtype=torch.long)
+        if not 0 <= t < T:
+            raise ValueError(f"t out of range: got {t}, allowed 0..{T - 1} for a schedule with T={T}")
+        return torch.full((batch_size,), int(t), dtype=torch.long, device=device)
     if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"t must be an int or an integer tensor of shape (B,), got {t!r}")
     if t.dim() == 0:
         t = t.expand(batch_size)
     if t.shape != (batch_size,):
         raise ValueError(f"t must have shape ({batch_size},) to match the batch, got {tuple(t.shape)}")
-    if t.numel() and (t.min() < 0 or t.max() >= T):
+    if t.device.type == "cpu" and t.numel() and (t.min() < 0 or t.max() >= T):
         bad = t[(t < 0) | (t >= T)][0].item()
         raise ValueError(f"t out of range: got {bad}, allowed 0..{T - 1} for a schedule with T={T}")
     return t.long()
@@ -41,12 +48,16 @@ class NoiseSchedule:
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alpha_bars = torch.cumprod(self.alphas, dim=0)
-        self.alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bars[:-1]])
+        self.alpha_bars_prev = torch.cat([torch.ones_like(self.alpha_bars[:1]), self.alpha_bars[:-1]])
         self.posterior_variances = betas * (1.0 - self.alpha_bars_prev) / (1.0 - self.alpha_bars)
 
     @property
     def T(self):
         return len(self.betas)
+
+    def to(self, device):
+        """The same schedule with its tables on ``device`` (so that lookups there need no copies)."""
+        return NoiseSchedule(self.betas.to(device))
 
     def __repr__(self):
         return f"NoiseSchedule(T={self.T}, beta_0={self.betas[0]:.3g}, beta_T-1={self.betas[-1]:.3g})"
@@ -80,7 +91,7 @@ class NoiseSchedule:
         alpha_bars = torch.as_tensor(alpha_bars, dtype=torch.float64)
         if alpha_bars.dim() != 1 or len(alpha_bars) < 1:
             raise ValueError(f"alpha_bars must be 1-D with T >= 1 entries, got shape {tuple(alpha_bars.shape)}")
-        previous = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
+        previous = torch.cat([torch.ones_like(alpha_bars[:1]), alpha_bars[:-1]])
         bad = ~((alpha_bars > 0) & (alpha_bars < previous))
         if bad.any():
             t = int(bad.nonzero()[0])
@@ -125,8 +136,8 @@ class NoiseSchedule:
 
     def at(self, values, t, x):
         """values[t] as a tensor shaped to broadcast against x (B, ...), in x's dtype and device."""
-        t = _as_index(t, self.T, x.shape[0]).cpu()
-        return values[t].to(dtype=x.dtype).to(x.device).reshape(-1, *([1] * (x.dim() - 1)))
+        t = _as_index(t, self.T, x.shape[0], x.device).to(x.device)
+        return values.to(x.device)[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
 
     @property
     def snr(self):
