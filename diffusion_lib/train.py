@@ -242,7 +242,8 @@ def train(config):
         network = torch.compile(network)
 
     batches = _batches(dataset, in_memory, process, config, step)
-    progress = tqdm(total=total_steps, initial=step, disable=not process.main, desc="training", unit="step")
+    quiet = {} if process.main else {"disable": True}  # on the main process, TQDM_DISABLE=1 may still silence it
+    progress = tqdm(total=total_steps, initial=step, desc="training", unit="step", **quiet)
     started, window_start, window_loss = time.perf_counter(), time.perf_counter(), torch.zeros((), device=device)
     stopped_early = False
     model.train()
