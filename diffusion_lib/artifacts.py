@@ -14,6 +14,7 @@ its progress under ``artifacts/<name>/run/`` and continues on the next call.
 """
 
 import argparse
+import ast
 import dataclasses
 import hashlib
 import json
@@ -55,7 +56,7 @@ EXPERIMENTS = {
             "A small CNN trained on the MNIST training set; the judge of generated digits and the feature map of FID.",
             "classifier",
             {"dataset": "mnist", "epochs": 8, "batch_size": 128, "lr": 1e-3, "seed": 0},
-            ("models/classifier.py", "train.py"),
+            ("models/classifier.py", "train.py:fit_classifier", "train.py:cosine_learning_rate"),
         ),
         Experiment(
             "mnist-ddpm",
@@ -65,8 +66,8 @@ EXPERIMENTS = {
                 "train": dataclasses.asdict(
                     TrainConfig(
                         dataset="mnist",
-                        batch_size=256,
-                        steps=20_000,
+                        batch_size=512,
+                        steps=8000,
                         lr=1e-3,
                         warmup=500,
                         ema_decay=0.999,
@@ -75,7 +76,7 @@ EXPERIMENTS = {
                         checkpoint_every=2000,
                     )
                 ),
-                "evaluation": {"num_samples": 10_000, "sampling_steps": 1000, "batch_size": 2500, "seed": 1},
+                "evaluation": {"num_samples": 10_000, "sampling_steps": 1000, "batch_size": 5000, "seed": 1},
             },
             ("models/unet.py", "models/embeddings.py", "train.py", "losses.py", "schedules.py", "sampling.py"),
             needs=("mnist-classifier",),
@@ -100,10 +101,21 @@ def config_hash(exp):
 
 
 def source_hash(exp):
+    """A hash of the library source an experiment depends on: whole files ("train.py") or single
+    top-level definitions in them ("train.py:fit_classifier")."""
     digest = hashlib.sha256()
     for source in exp.sources:
-        digest.update((PACKAGE / source).read_bytes())
+        digest.update(_source(source).encode())
     return digest.hexdigest()[:16]
+
+
+def _source(entry):
+    file, _, name = entry.partition(":")
+    text = (PACKAGE / file).read_text()
+    if not name:
+        return text
+    node = next(node for node in ast.parse(text).body if getattr(node, "name", None) == name)
+    return ast.get_source_segment(text, node)
 
 
 def _rebuild_hint(name):
@@ -202,10 +214,9 @@ def build(name, device, time_budget=None):
 
 
 def _provenance(exp, device, seconds, **extra):
-    try:
+    commit = os.environ.get("GIT_COMMIT")  # set it where the checkout has no (or another) git history
+    if not commit:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=PACKAGE).stdout
-    except OSError:
-        commit = ""
     return {
         "name": exp.name,
         "description": exp.description,
@@ -213,7 +224,7 @@ def _provenance(exp, device, seconds, **extra):
         "config_hash": config_hash(exp),
         "sources": list(exp.sources),
         "source_hash": source_hash(exp),
-        "git_commit": commit.strip() or os.environ.get("GIT_COMMIT"),
+        "git_commit": commit.strip(),
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
         "cpu_made": device.type == "cpu",

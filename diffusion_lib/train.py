@@ -95,6 +95,7 @@ class TrainConfig:
     device: str | None = None
     bf16: bool | None = None
     compile: bool | None = None
+    compile_mode: str | None = None
     checkpoint_every: int = 1000
     sample_every: int = 0
     sample_steps: int = 100
@@ -239,7 +240,7 @@ def train(config):
     if process.world_size > 1:
         network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if cuda else None)
     if compiled:
-        network = torch.compile(network)
+        network = torch.compile(network, mode=config.compile_mode)
 
     batches = _batches(dataset, in_memory, process, config, step)
     quiet = {} if process.main else {"disable": True}  # on the main process, TQDM_DISABLE=1 may still silence it
@@ -337,7 +338,8 @@ def _resume(path, config, model, ema, optimizer, device):
 
 def _defining(config):
     """The fields that change what a run computes (not where or how fast it runs)."""
-    ignored = {"time_budget", "device", "workers", "checkpoint_every", "sample_every", "log_every", "root", "compile"}
+    ignored = {"time_budget", "device", "workers", "checkpoint_every", "sample_every", "log_every", "root"}
+    ignored |= {"compile", "compile_mode"}
     return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(config))).items() if k not in ignored}
 
 
