@@ -57,6 +57,10 @@ def restore_optimizer(optimizer, tensors, param_groups):
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+    for param, slots in optimizer.state.items():  # moments take their parameter's memory layout (channels-last)
+        for key, value in slots.items():
+            if value.shape == param.shape:
+                slots[key] = torch.empty_like(param).copy_(value)
 
 
 def rng_states(device):
