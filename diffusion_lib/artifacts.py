@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -276,6 +277,7 @@ def _build_classifier(exp, path, device, time_budget):
 
 def _build_ddpm(exp, path, device, time_budget):
     started = time.perf_counter()
+    _forget_other_runs(path / "run", exp.config)
     config = TrainConfig(**{**exp.config["train"], "out": str(path / "run"), "device": str(device)})
     config = dataclasses.replace(config, time_budget=time_budget)
     summary = train(config)
@@ -319,6 +321,21 @@ def _build_ddpm(exp, path, device, time_budget):
     save_image((samples[:100].float() + 1) / 2, path / "samples.png", nrow=10)
     print(f"{exp.name}: {json.dumps({k: v for k, v in found.items() if k != 'class_fractions'})}", flush=True)
     return True
+
+
+def _forget_other_runs(run, config):
+    """Clear what run/ holds from another config: all of it if training differs, the samples if evaluation does."""
+    config = json.loads(json.dumps(config))
+    stamp = run / "experiment.json"
+    if stamp.exists():
+        before = json.loads(stamp.read_text())
+        if before["train"] != config["train"]:
+            shutil.rmtree(run)
+        elif before["evaluation"] != config["evaluation"]:
+            for chunk in run.glob("samples_*.safetensors"):
+                chunk.unlink()
+    run.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(config))
 
 
 def to_bytes(images):

@@ -67,8 +67,9 @@ def frechet_distance(mean1, cov1, mean2, cov2):
     The trace of the matrix square root is the sum of the square roots of the
     eigenvalues of the symmetric matrix S_1^(1/2) S_2 S_1^(1/2), in float64.
     """
-    root1 = _symmetric_sqrt(cov1.double())
-    middle = root1 @ cov2.double() @ root1
+    cov1, cov2 = cov1.double(), cov2.double()
+    root1 = _symmetric_sqrt(cov1)
+    middle = root1 @ cov2 @ root1
     trace_root = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
     difference = (mean1 - mean2).double()
     return (difference @ difference + cov1.trace() + cov2.trace() - 2 * trace_root).item()

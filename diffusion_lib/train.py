@@ -171,10 +171,48 @@ class Process:
     def main(self):
         return self.rank == 0
 
+    def agree(self, decision):
+        """Process 0's decision, shared by all, so that every process stops at the same step."""
+        if self.world_size == 1:
+            return decision
+        flag = torch.tensor([float(decision)], device=self.device)
+        dist.broadcast(flag, 0)
+        return bool(flag.item())
+
     def share(self, indices):
         """This process's contiguous slice of a global batch."""
         size = len(indices) // self.world_size
         return indices[self.rank * size : (self.rank + 1) * size]
+
+
+class LossLog:
+    """The training curve: every log record, and the loss summed since the last one."""
+
+    def __init__(self, history=(), loss_sum=0.0, steps=0):
+        self.history, self.loss_sum, self.steps = list(history), loss_sum, steps
+        self.window_start = time.perf_counter()
+
+    def add(self, loss):
+        self.loss_sum = self.loss_sum + loss.detach()  # stays on the device until the next record
+        self.steps += 1
+
+    def record(self, step, lr, batch_size, seconds):
+        """Append {step, loss (mean over the window), lr, images_per_second, seconds} and start a new window."""
+        elapsed = time.perf_counter() - self.window_start
+        record = {
+            "step": step,
+            "loss": float(self.loss_sum) / self.steps,
+            "lr": lr,
+            "images_per_second": self.steps * batch_size / elapsed,
+            "seconds": seconds,
+        }
+        self.history.append(record)
+        self.loss_sum, self.steps, self.window_start = 0.0, 0, time.perf_counter()
+        return record
+
+    def window(self):
+        """The open window, for a checkpoint: a resumed run then logs the same losses as an uninterrupted one."""
+        return {"loss_sum": float(self.loss_sum), "steps": self.steps}
 
 
 def _batches(dataset, in_memory, process, config, start_step):
@@ -232,9 +270,9 @@ def train(config):
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0, fused=cuda or None)
     schedule = NoiseSchedule.named(config.schedule, T=config.T).to(device)
 
-    step, seconds, history = 0, 0.0, []
+    step, seconds, log = 0, 0.0, LossLog()
     if (out / "checkpoint.safetensors").exists():
-        step, seconds, history = _resume(out / "checkpoint.safetensors", config, model, ema, optimizer, device)
+        step, seconds, log = _resume(out / "checkpoint.safetensors", config, model, ema, optimizer, device)
 
     network = model
     if process.world_size > 1:
@@ -245,11 +283,11 @@ def train(config):
     batches = _batches(dataset, in_memory, process, config, step)
     quiet = {} if process.main else {"disable": True}  # on the main process, TQDM_DISABLE=1 may still silence it
     progress = tqdm(total=total_steps, initial=step, desc="training", unit="step", **quiet)
-    started, window_start, window_loss = time.perf_counter(), time.perf_counter(), torch.zeros((), device=device)
+    started = time.perf_counter()
     stopped_early = False
     model.train()
     while step < total_steps:
-        if config.time_budget is not None and time.perf_counter() - started > config.time_budget:
+        if process.agree(config.time_budget is not None and time.perf_counter() - started > config.time_budget):
             stopped_early = True
             break
         for group in optimizer.param_groups:
@@ -265,35 +303,26 @@ def train(config):
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
-        window_loss += loss.detach()
+        log.add(loss)
         step += 1
 
         if step % config.log_every == 0 or step == total_steps:
-            elapsed = time.perf_counter() - window_start
-            steps_in_window = (step - 1) % config.log_every + 1
-            record = {
-                "step": step,
-                "loss": window_loss.item() / steps_in_window,
-                "lr": optimizer.param_groups[0]["lr"],
-                "images_per_second": steps_in_window * config.batch_size / elapsed,
-                "seconds": seconds + time.perf_counter() - started,
-            }
-            history.append(record)
+            lr = optimizer.param_groups[0]["lr"]
+            record = log.record(step, lr, config.batch_size, seconds + time.perf_counter() - started)
             progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_second']:.0f}")
-            window_start, window_loss = time.perf_counter(), torch.zeros((), device=device)
         progress.update(1)
         if process.main and step % config.checkpoint_every == 0:
-            _save(out, config, model, ema, optimizer, step, seconds + time.perf_counter() - started, history, device)
+            _save(out, config, model, ema, optimizer, step, seconds + time.perf_counter() - started, log, device)
         if process.main and config.sample_every and step % (config.sample_every * steps_per_epoch) == 0:
             _sample_grid(ema, schedule, config, image_shape, out / f"samples_epoch_{step // steps_per_epoch}.png")
     progress.close()
 
     seconds += time.perf_counter() - started
     if process.main:
-        _save(out, config, model, ema, optimizer, step, seconds, history, device)
+        _save(out, config, model, ema, optimizer, step, seconds, log, device)
         meta = {"config": dataclasses.asdict(config), "step": step}
         checkpoints.save(out / "ema.safetensors", ema.state_dict(), meta)
-        (out / "history.json").write_text(json.dumps(history, indent=1))
+        (out / "history.json").write_text(json.dumps(log.history, indent=1))
     if process.world_size > 1:
         dist.barrier()
     return {
@@ -301,12 +330,12 @@ def train(config):
         "total_steps": total_steps,
         "complete": not stopped_early,
         "seconds": seconds,
-        "final_loss": history[-1]["loss"] if history else None,
+        "final_loss": log.history[-1]["loss"] if log.history else None,
         "device": str(device),
     }
 
 
-def _save(out, config, model, ema, optimizer, step, seconds, history, device):
+def _save(out, config, model, ema, optimizer, step, seconds, log, device):
     optimizer_tensors, param_groups = checkpoints.optimizer_state(optimizer)
     tensors = {
         **checkpoints.prefixed("model", model.state_dict()),
@@ -318,7 +347,8 @@ def _save(out, config, model, ema, optimizer, step, seconds, history, device):
         "config": dataclasses.asdict(config),
         "step": step,
         "seconds": seconds,
-        "history": history,
+        "history": log.history,
+        "window": log.window(),
         "param_groups": param_groups,
     }
     checkpoints.save(out / "checkpoint.safetensors", tensors, meta)
@@ -333,12 +363,12 @@ def _resume(path, config, model, ema, optimizer, device):
     ema.load_state_dict(checkpoints.unprefixed("ema", tensors))
     checkpoints.restore_optimizer(optimizer, checkpoints.unprefixed("optimizer", tensors), meta["param_groups"])
     checkpoints.restore_rng_states(checkpoints.unprefixed("rng", tensors), device)
-    return meta["step"], meta["seconds"], meta["history"]
+    return meta["step"], meta["seconds"], LossLog(meta["history"], **meta["window"])
 
 
 def _defining(config):
     """The fields that change what a run computes (not where or how fast it runs)."""
-    ignored = {"time_budget", "device", "workers", "checkpoint_every", "sample_every", "log_every", "root"}
+    ignored = {"time_budget", "device", "workers", "checkpoint_every", "sample_every", "log_every", "root", "out"}
     ignored |= {"compile", "compile_mode"}
     return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(config))).items() if k not in ignored}
 

@@ -17,8 +17,13 @@ from .embeddings import TimeEmbedding
 
 
 def group_norm(channels, groups=32):
-    """GroupNorm with gcd(groups, channels) groups, so that the groups divide the channels evenly, eq. `group-norm`."""
-    return nn.GroupNorm(math.gcd(groups, channels), channels)
+    """GroupNorm over gcd(groups, channels) groups of channels, and at least two channels per group, eq. `group-norm`.
+
+    With one channel per group, normalising would erase any per-channel shift,
+    such as the time embedding that :class:`ResidualBlock` adds just before it.
+    """
+    groups = math.gcd(groups, channels)
+    return nn.GroupNorm(groups if groups < channels else max(channels // 2, 1), channels)
 
 
 class ResidualBlock(nn.Module):

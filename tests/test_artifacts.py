@@ -1,0 +1,375 @@
+"""Artifacts: building (resumable, dependencies first), what a build writes, loading, staleness and the command line.
+
+The two experiments are shrunk to a few steps and the MNIST they read to a few hundred real images, so that a
+whole build runs on the CPU in seconds.
+"""
+
+import dataclasses
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import diffusion_lib.artifacts as artifacts
+from diffusion_lib import checkpoints, data
+from diffusion_lib.train import TrainConfig
+
+MNIST_ROOT = Path("/work/shared/data")
+TRAIN_IMAGES, TEST_IMAGES = 256, 128
+FILMSTRIP_IMAGES = 2  # the filmstrip runs all 1000 steps; 2 images instead of 10 keep it to seconds
+BUILD_HINT = "python -m diffusion_lib.artifacts build"
+
+
+def mnist_root():
+    root = data.data_root()
+    if not all((root / "MNIST" / "raw" / name).exists() for name in data.MNIST_FILES):
+        root = MNIST_ROOT
+    if not all((root / "MNIST" / "raw" / name).exists() for name in data.MNIST_FILES):
+        pytest.skip(f"the MNIST raw files are not in {root}/MNIST/raw (set DIFFUSION_DATA)")
+    return root
+
+
+def tiny_experiments():
+    real = artifacts.EXPERIMENTS
+    classifier = real["mnist-classifier"]
+    ddpm = real["mnist-ddpm"]
+    train = dataclasses.asdict(
+        dataclasses.replace(
+            TrainConfig(**ddpm.config["train"]),
+            channels=8,
+            channel_mults=(1, 2),
+            attention_resolutions=(7,),
+            steps=3,
+            batch_size=16,
+            log_every=1,
+        )
+    )
+    evaluation = {**ddpm.config["evaluation"], "num_samples": 8, "batch_size": 4, "sampling_steps": 3}
+    return {
+        classifier.name: dataclasses.replace(classifier, config={**classifier.config, "epochs": 1}),
+        ddpm.name: dataclasses.replace(ddpm, config={"train": train, "evaluation": evaluation}),
+    }
+
+
+def ddpm_changed(**parts):
+    """The current experiments, with entries of the DDPM's "train" or "evaluation" config changed."""
+    changed = dict(artifacts.EXPERIMENTS)
+    ddpm = changed["mnist-ddpm"]
+    config = {**ddpm.config, **{part: {**ddpm.config[part], **values} for part, values in parts.items()}}
+    changed["mnist-ddpm"] = dataclasses.replace(ddpm, config=config)
+    return changed
+
+
+@pytest.fixture(scope="module")
+def small_mnist():
+    """The first images of the real MNIST splits, as (images, labels) in [-1, 1]."""
+    root = mnist_root()
+    return {
+        True: data.mnist_images(TRAIN_IMAGES, train=True, root=root),
+        False: data.mnist_images(TEST_IMAGES, train=False, root=root),
+    }
+
+
+def shrink(patch, small_mnist):
+    """Tiny experiments on a few hundred MNIST images: both _mnist (classifier, evaluation) and the data set the
+    training engine and the U-Net's image shape read; a filmstrip of fewer images."""
+    patch.setattr(artifacts, "EXPERIMENTS", tiny_experiments())
+
+    def mnist(train_split, device):
+        images, labels = small_mnist[train_split]
+        return images.to(device), labels.to(device)
+
+    original = data.image_dataset
+
+    def image_dataset(name, train=True, root=None, image_size=None, download=False):
+        if name != "mnist":
+            return original(name, train, root, image_size, download)
+        assert image_size is None
+        return data.LabelledTensors(*small_mnist[train])
+
+    filmstrip = artifacts._filmstrip
+
+    def short_filmstrip(*args, **kwargs):
+        return filmstrip(*args, **{**kwargs, "num_images": FILMSTRIP_IMAGES})
+
+    patch.setattr(artifacts, "_mnist", mnist)
+    patch.setattr(artifacts, "_filmstrip", short_filmstrip)
+    patch.setattr(data, "image_dataset", image_dataset)
+    patch.setenv("TQDM_DISABLE", "1")
+    patch.delenv("GIT_COMMIT", raising=False)
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch, small_mnist):
+    """An empty artifacts folder and the tiny experiments."""
+    shrink(monkeypatch, small_mnist)
+    monkeypatch.setenv("DIFFUSION_ARTIFACTS", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, small_mnist):
+    """One artifacts folder in which mnist-ddpm (and so mnist-classifier) was built: first with a time budget of 0,
+    which must stop cleanly, then to completion. Yields (folder, what was observed along the way)."""
+    folder = tmp_path_factory.mktemp("artifacts")
+    with pytest.MonkeyPatch.context() as patch:
+        shrink(patch, small_mnist)
+        patch.setenv("DIFFUSION_ARTIFACTS", str(folder))
+        calls = []
+        for builder in ("_build_classifier", "_build_ddpm"):
+            original = getattr(artifacts, builder)
+
+            def recording(exp, *args, original=original):
+                calls.append(exp.name)
+                return original(exp, *args)
+
+            patch.setattr(artifacts, builder, recording)
+        observed = {"before": {name: artifacts.status(name) for name in artifacts.EXPERIMENTS}}
+        observed["budget_0"] = artifacts.build("mnist-ddpm", "cpu", time_budget=0)
+        observed["after_budget_0"] = {name: artifacts.status(name) for name in artifacts.EXPERIMENTS}
+        observed["checkpoint_meta"] = checkpoints.load(folder / "mnist-ddpm" / "run" / "checkpoint.safetensors")[1]
+        observed["calls_budget_0"] = list(calls)
+        observed["complete"] = artifacts.build("mnist-ddpm", "cpu")
+        observed["calls"] = list(calls)
+        yield folder, observed
+
+
+@pytest.fixture
+def in_built(built, monkeypatch, small_mnist):
+    """The built folder, with the tiny experiments in place again (for tests that patch them further)."""
+    folder, _ = built
+    shrink(monkeypatch, small_mnist)
+    monkeypatch.setenv("DIFFUSION_ARTIFACTS", str(folder))
+    return folder
+
+
+def test_missing_artifacts(fresh):
+    assert artifacts.root() == fresh
+    for name in artifacts.EXPERIMENTS:
+        assert artifacts.status(name) == ("missing", None)
+        with pytest.raises(FileNotFoundError, match=f"{BUILD_HINT} {name}") as error:
+            artifacts.load(name)
+        assert "meta.json" in str(error.value) and "weights.safetensors" in str(error.value)
+    with pytest.raises(ValueError, match="unknown artifact 'mnist-gan'"):
+        artifacts.load("mnist-gan")
+    with pytest.raises(ValueError, match="unknown artifact 'mnist-gan'"):
+        artifacts.status("mnist-gan")
+
+
+def test_time_budget_stops_cleanly_and_the_build_resumes(built):
+    folder, observed = built
+    assert observed["before"] == {"mnist-classifier": ("missing", None), "mnist-ddpm": ("missing", None)}
+    assert observed["budget_0"] is False
+    assert observed["calls_budget_0"] == ["mnist-classifier", "mnist-ddpm"]  # what it needs first
+    assert observed["after_budget_0"] == {"mnist-classifier": ("ok", "cpu"), "mnist-ddpm": ("missing", None)}
+    assert observed["checkpoint_meta"]["step"] == 0
+    assert observed["complete"] is True
+    assert observed["calls"] == ["mnist-classifier", "mnist-ddpm", "mnist-ddpm"]  # the classifier is built once
+
+
+def test_build_needs_the_classifier_first(fresh, monkeypatch):
+    """With no time budget the dependency is built first, then the model; a second build reuses the classifier."""
+    calls = []
+    original = artifacts.build
+
+    def recording(name, device, time_budget=None):
+        calls.append(name)
+        return original(name, device, time_budget)
+
+    monkeypatch.setattr(artifacts, "build", recording)
+    monkeypatch.setattr(artifacts, "_build_ddpm", lambda exp, path, device, budget: calls.append("trained") or True)
+    assert artifacts.build("mnist-ddpm", "cpu") is True
+    assert calls == ["mnist-ddpm", "mnist-classifier", "trained"]
+    assert artifacts.status("mnist-classifier") == ("ok", "cpu")
+    classifier_meta = json.loads((fresh / "mnist-classifier" / "meta.json").read_text())
+    assert classifier_meta["steps"] == TRAIN_IMAGES // 128  # one epoch of batches of 128
+    calls.clear()
+    artifacts.build("mnist-ddpm", "cpu")
+    assert calls == ["mnist-ddpm", "trained"]
+
+
+def test_build_writes_weights_meta_and_provenance(built):
+    folder, _ = built
+    path = folder / "mnist-ddpm"
+    expected_files = {"weights.safetensors", "meta.json", "metrics.json", "samples.safetensors", "samples.png"}
+    assert expected_files | {"history.json", "run"} <= {p.name for p in path.iterdir()}
+    meta = json.loads((path / "meta.json").read_text())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(artifacts, "EXPERIMENTS", tiny_experiments())
+        exp = artifacts.experiment("mnist-ddpm")
+        assert meta["config_hash"] == artifacts.config_hash(exp)
+        assert meta["source_hash"] == artifacts.source_hash(exp)
+    assert meta["config"] == json.loads(json.dumps(exp.config))
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=artifacts.PACKAGE)
+    assert meta["git_commit"] == head.stdout.strip()
+    assert meta["device"] == "cpu" and meta["device_name"] == "CPU" and meta["cpu_made"] is True
+    assert meta["steps"] == 3
+    assert isinstance(meta["final_loss"], float) and 0 < meta["final_loss"] < 10
+    assert meta["seconds"] > 0 and meta["train_seconds"] > 0 and meta["seconds"] >= meta["train_seconds"]
+    assert meta["image_shape"] == [1, 28, 28]
+    assert meta["parameters"] == sum(v.numel() for v in load_file(path / "weights.safetensors").values())
+    history = json.loads((path / "history.json").read_text())
+    assert [record["step"] for record in history] == [1, 2, 3]
+    assert history[-1]["loss"] == meta["final_loss"]
+
+    classifier_meta = json.loads((folder / "mnist-classifier" / "meta.json").read_text())
+    assert classifier_meta["device"] == "cpu" and classifier_meta["steps"] == TRAIN_IMAGES // 128
+    classifier_metrics = json.loads((folder / "mnist-classifier" / "metrics.json").read_text())
+    assert 0 <= classifier_metrics["test_accuracy"] <= 1 and len(classifier_metrics["epoch_losses"]) == 1
+
+
+def test_build_writes_metrics_and_samples(built):
+    folder, _ = built
+    path = folder / "mnist-ddpm"
+    found = json.loads((path / "metrics.json").read_text())
+    assert found["num_samples"] == 8 and found["sampling_steps"] == 3
+    assert 0 <= found["confident_fraction"] <= 1
+    assert len(found["class_fractions"]) == 10
+    assert sum(found["class_fractions"]) == pytest.approx(1, abs=1e-12)
+    assert all(8 * fraction == round(8 * fraction) for fraction in found["class_fractions"])  # counts of 8 samples
+    assert math.isfinite(found["fid"]) and found["fid"] >= 0
+    assert math.isfinite(found["fid_floor"]) and found["fid_floor"] >= 0
+    assert found["median_nearest_train_distance"] > 0 and found["sampling_seconds"] > 0
+
+    stored = load_file(path / "samples.safetensors")
+    assert stored.keys() == {"samples", "trajectory"}
+    samples = stored["samples"]
+    assert samples.dtype == torch.uint8 and samples.shape == (8, 1, 28, 28)
+    assert samples.float().std() > 0
+    chunks = [load_file(path / "run" / f"samples_{chunk}.safetensors")["samples"] for chunk in range(2)]
+    assert torch.equal(samples, torch.cat(chunks))
+    trajectory = stored["trajectory"]
+    assert trajectory.dtype == torch.float16 and trajectory.shape == (11, FILMSTRIP_IMAGES, 1, 28, 28)
+    assert 0.8 < trajectory[0].float().std() < 1.2  # x_T ~ N(0, I)
+    assert not torch.equal(trajectory[0], trajectory[-1])
+    with Image.open(path / "samples.png") as image:
+        assert image.size == (8 * 30 + 2, 30 + 2)  # one row of 8 images of 28 pixels, 2 pixels of padding
+
+
+def test_load_the_built_model(in_built):
+    artifact = artifacts.load("mnist-ddpm")
+    assert artifact.schedule.T == 1000 and artifact.image_shape == (1, 28, 28)
+    assert artifact.meta["steps"] == 3 and artifact.metrics["num_samples"] == 8
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 500, 999])
+    eps = artifact.model(x, t)
+    assert eps.shape == x.shape and eps.dtype == torch.float32 and torch.isfinite(eps).all()
+    assert torch.equal(eps, artifact.model(x, t))  # eval mode: no dropout
+    assert artifact.history()[-1]["step"] == 3
+    assert artifact.tensors("samples.safetensors")["samples"].shape == (8, 1, 28, 28)
+
+    weights = load_file(in_built / "mnist-ddpm" / "weights.safetensors")
+    assert weights and all(v.dtype == torch.float16 for v in weights.values())
+    ema, _ = checkpoints.load(in_built / "mnist-ddpm" / "run" / "ema.safetensors")
+    assert weights.keys() == ema.keys()
+    assert all(torch.equal(weights[k], ema[k].half()) for k in weights)  # the EMA weights, rounded
+    network = artifact.model  # eps prediction: the network itself
+    state = network.state_dict()
+    assert all(state[k].dtype == torch.float32 and torch.equal(state[k], weights[k].float()) for k in weights)
+    assert not network.training
+
+    classifier = artifacts.load("mnist-classifier")
+    logits = classifier.model(x)
+    assert logits.shape == (3, 10) and classifier.schedule is None
+
+
+def test_changed_config_makes_the_artifact_stale(in_built, monkeypatch):
+    assert artifacts.status("mnist-ddpm") == ("ok", "cpu")
+    monkeypatch.setattr(artifacts, "EXPERIMENTS", ddpm_changed(train={"lr": 5e-4}))
+    assert artifacts.status("mnist-ddpm") == ("stale: config changed", "cpu")
+    assert artifacts.status("mnist-classifier") == ("ok", "cpu")
+    with pytest.raises(ValueError, match=f"another config.*{BUILD_HINT} mnist-ddpm"):
+        artifacts.load("mnist-ddpm")
+
+
+def test_changed_source_makes_the_artifact_stale(in_built, monkeypatch):
+    original = artifacts._source
+    monkeypatch.setattr(artifacts, "_source", lambda entry: original(entry) + ("\n# edited" * (entry == "losses.py")))
+    assert artifacts.status("mnist-ddpm") == ("stale: source changed", "cpu")
+    assert artifacts.status("mnist-classifier") == ("ok", "cpu")  # it does not depend on losses.py
+    assert artifacts.load("mnist-ddpm").meta["steps"] == 3  # stale source is reported, not refused
+
+
+def test_source_hash_follows_single_definitions(in_built, tmp_path, monkeypatch):
+    """The classifier depends on two definitions in train.py, the DDPM on the whole file."""
+    package = tmp_path / "diffusion_lib"
+    shutil.copytree(artifacts.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(artifacts, "PACKAGE", package)
+    assert artifacts.status("mnist-ddpm") == ("ok", "cpu") and artifacts.status("mnist-classifier") == ("ok", "cpu")
+
+    train_py = package / "train.py"
+    text = train_py.read_text()
+    edited = text.replace('"""theta_ema <- decay', '"""The EMA: theta_ema <- decay')
+    assert edited != text
+    train_py.write_text(edited)
+    assert artifacts.status("mnist-ddpm") == ("stale: source changed", "cpu")
+    assert artifacts.status("mnist-classifier") == ("ok", "cpu")
+
+    edited_again = edited.replace("total += loss.detach()", "total = total + loss.detach()")
+    assert edited_again != edited
+    train_py.write_text(edited_again)
+    assert artifacts.status("mnist-classifier") == ("stale: source changed", "cpu")
+
+
+def test_pixel_levels_round_trip():
+    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    signed = artifacts.from_bytes(levels)
+    assert signed.dtype == torch.float32
+    assert signed.min() == -1 and signed.max() == 1
+    assert (signed.flatten().diff() > 0).all()
+    assert torch.equal(artifacts.to_bytes(signed), levels)
+    clamped = artifacts.to_bytes(torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0]))
+    assert torch.equal(clamped, torch.tensor([0, 0, 128, 255, 255], dtype=torch.uint8))
+
+
+def test_status_command_lists_every_experiment(in_built, capsys):
+    artifacts.main(["status"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(artifacts.EXPERIMENTS) == 2
+    for line, name in zip(lines, artifacts.EXPERIMENTS, strict=True):
+        assert line.split()[0] == name
+        assert line.endswith("ok (built on cpu)")
+
+
+def test_status_command_on_a_fresh_folder(fresh, capsys):
+    artifacts.main(["status"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines] == [["mnist-classifier", "missing"], ["mnist-ddpm", "missing"]]
+    with pytest.raises(SystemExit):
+        artifacts.main(["build", "mnist-gan"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.fixture
+def rebuilt(in_built, tmp_path):
+    """The built folder, for tests that build in it again; put back as it was afterwards (in place, not as a copy
+    elsewhere: a training run resumes only in the folder where it started)."""
+    backup = tmp_path / "backup"
+    shutil.copytree(in_built, backup)
+    yield in_built
+    shutil.rmtree(in_built)
+    shutil.copytree(backup, in_built)
+
+
+def test_the_rebuild_command_rebuilds_after_a_training_config_change(rebuilt, monkeypatch):
+    monkeypatch.setattr(artifacts, "EXPERIMENTS", ddpm_changed(train={"lr": 5e-4}))
+    assert artifacts.status("mnist-ddpm")[0] == "stale: config changed"
+    assert artifacts.build("mnist-ddpm", "cpu") is True
+    assert artifacts.status("mnist-ddpm") == ("ok", "cpu")
+
+
+def test_a_rebuild_after_an_evaluation_change_draws_new_samples(rebuilt, monkeypatch):
+    path = rebuilt / "mnist-ddpm"
+    old = load_file(path / "samples.safetensors")["samples"]
+    monkeypatch.setattr(artifacts, "EXPERIMENTS", ddpm_changed(evaluation={"sampling_steps": 2, "seed": 7}))
+    monkeypatch.setattr(artifacts, "_filmstrip", lambda *args, **kwargs: torch.zeros(11, 1, 1, 28, 28).half())
+    assert artifacts.build("mnist-ddpm", "cpu") is True
+    assert artifacts.status("mnist-ddpm") == ("ok", "cpu")
+    assert json.loads((path / "metrics.json").read_text())["sampling_steps"] == 2
+    assert not torch.equal(load_file(path / "samples.safetensors")["samples"], old)

@@ -1,0 +1,308 @@
+"""The classifier-based image measures (chapter 5): Frechet distance, FID, classifier summaries, nearest neighbours.
+
+The Frechet distance is compared with an independent float64 computation
+through scipy.linalg.sqrtm and with the closed form for diagonal covariances;
+FID on Gaussian samples is compared with the exact distance within a tolerance
+from the delta method; the rest against direct computations and brute-force
+loops.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_lib.metrics import (
+    class_fractions,
+    classify,
+    confident_fraction,
+    fid,
+    frechet_distance,
+    gaussian_statistics,
+    nearest_neighbours,
+)
+
+scipy_linalg = pytest.importorskip("scipy.linalg", reason="scipy (a test-only oracle) is not installed")
+
+f64 = torch.float64
+
+
+def random_spd(d, generator, scale=1.0):
+    """A well-conditioned random covariance: A A^T / (2d) + 0.1 I with A of shape (d, 2d)."""
+    a = torch.randn(d, 2 * d, generator=generator, dtype=f64)
+    return scale * (a @ a.T / (2 * d) + 0.1 * torch.eye(d, dtype=f64))
+
+
+def scipy_frechet(mean1, cov1, mean2, cov2):
+    """||mu_1 - mu_2||^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)), with the principal square root from scipy."""
+    mean1, cov1, mean2, cov2 = (np.asarray(v, dtype=np.float64) for v in (mean1, cov1, mean2, cov2))
+    root = scipy_linalg.sqrtm(cov1 @ cov2)
+    assert np.abs(root.imag).max() < 1e-8 * np.abs(root.real).max()
+    return float(np.sum((mean1 - mean2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(root.real))
+
+
+# ----------------------------------------------------------------------------- Frechet distance
+
+
+@pytest.mark.parametrize("d", [5, 64])
+def test_frechet_distance_matches_scipy_sqrtm(d):
+    generator = torch.Generator().manual_seed(d)
+    mean1 = torch.randn(d, generator=generator, dtype=f64)
+    mean2 = mean1 + 0.1 * torch.randn(d, generator=generator, dtype=f64)  # small gap: the trace term dominates
+    cov1, cov2 = random_spd(d, generator), random_spd(d, generator, scale=2.0)
+    expected = scipy_frechet(mean1, cov1, mean2, cov2)
+    assert expected > 0.1 * d  # a distance well away from zero, so the relative comparison is meaningful
+    actual = frechet_distance(mean1, cov1, mean2, cov2)
+    assert isinstance(actual, float)
+    assert abs(actual - expected) <= 1e-8 * expected
+    assert frechet_distance(mean2, cov2, mean1, cov1) == pytest.approx(actual, rel=1e-10, abs=0)
+
+
+def test_frechet_distance_of_a_gaussian_with_itself_is_zero():
+    generator = torch.Generator().manual_seed(0)
+    for d in (1, 5, 64):
+        mean, cov = torch.randn(d, generator=generator, dtype=f64), random_spd(d, generator, scale=10.0)
+        assert abs(frechet_distance(mean, cov, mean, cov)) < 1e-8
+    features = torch.randn(500, 16, generator=generator, dtype=f64) * 3 + 1
+    assert abs(fid(features, features)) < 1e-8
+    assert abs(fid(features, features.flip(0))) < 1e-8  # only the statistics matter, not the order of the rows
+
+
+def test_frechet_distance_of_diagonal_covariances_has_a_closed_form():
+    generator = torch.Generator().manual_seed(1)
+    d = 7
+    mean1, mean2 = torch.randn(d, generator=generator, dtype=f64), torch.randn(d, generator=generator, dtype=f64)
+    a = torch.rand(d, generator=generator, dtype=f64) * 4 + 0.01
+    b = torch.rand(d, generator=generator, dtype=f64) * 4 + 0.01
+    b[0] = 0.0  # a degenerate direction: the square root of a zero variance is zero
+    expected = ((mean1 - mean2) ** 2).sum() + ((a.sqrt() - b.sqrt()) ** 2).sum()
+    actual = frechet_distance(mean1, torch.diag(a), mean2, torch.diag(b))
+    assert actual == pytest.approx(expected.item(), rel=1e-12)
+    assert frechet_distance(mean2, torch.diag(b), mean1, torch.diag(a)) == pytest.approx(expected.item(), rel=1e-12)
+    # Equal means: only the covariance term; equal covariances: only the squared distance between the means.
+    assert frechet_distance(mean1, torch.diag(a), mean1, torch.diag(4 * a)) == pytest.approx(a.sum().item(), rel=1e-12)
+    assert frechet_distance(mean1, torch.diag(a), mean2, torch.diag(a)) == pytest.approx(
+        ((mean1 - mean2) ** 2).sum().item(), rel=1e-12
+    )
+
+
+def test_frechet_distance_is_symmetric_for_non_commuting_covariances():
+    generator = torch.Generator().manual_seed(2)
+    d = 12
+    mean1, mean2 = torch.randn(d, generator=generator, dtype=f64), torch.randn(d, generator=generator, dtype=f64)
+    cov1, cov2 = random_spd(d, generator), random_spd(d, generator, scale=5.0)
+    assert (cov1 @ cov2 - cov2 @ cov1).abs().max() > 0.1
+    forward, backward = frechet_distance(mean1, cov1, mean2, cov2), frechet_distance(mean2, cov2, mean1, cov1)
+    assert forward > 1
+    assert forward == pytest.approx(backward, rel=1e-10)
+
+
+def test_frechet_distance_of_float32_statistics_is_computed_in_float64():
+    generator = torch.Generator().manual_seed(0)
+    mean, cov = torch.randn(16, generator=generator), random_spd(16, generator, scale=100.0).float()
+    assert abs(frechet_distance(mean, cov, mean, cov)) < 1e-8
+
+
+# ----------------------------------------------------------------------------- FID on samples
+
+
+def delta_method_standard_error(mean1, cov1, mean2, cov2, n):
+    """First-order standard deviation of FID estimated from n samples of each Gaussian.
+
+    FID is a smooth function of the sample means and covariances. Its gradient
+    is 2 (mu_1 - mu_2) in mu_1, I - T in S_1 and I - T^-1 in S_2, where
+    T = S_1^(-1/2) (S_1^(1/2) S_2 S_1^(1/2))^(1/2) S_1^(-1/2) is the optimal
+    transport map between the two Gaussians. A sample mean has covariance S / n;
+    for symmetric G, tr(G S_hat) of a Gaussian sample covariance has variance
+    2 tr(G S G S) / (n - 1); the four estimates are independent.
+    """
+    c1, c2 = cov1.numpy(), cov2.numpy()
+    root1 = scipy_linalg.sqrtm(c1).real
+    inverse_root1 = np.linalg.inv(root1)
+    transport = inverse_root1 @ scipy_linalg.sqrtm(root1 @ c2 @ root1).real @ inverse_root1
+    g1, g2 = np.eye(len(c1)) - transport, np.eye(len(c1)) - np.linalg.inv(transport)
+    delta = (mean1 - mean2).numpy()
+    variance = 4 * delta @ (c1 + c2) @ delta / n
+    variance += 2 * np.trace(g1 @ c1 @ g1 @ c1) / (n - 1) + 2 * np.trace(g2 @ c2 @ g2 @ c2) / (n - 1)
+    return math.sqrt(variance)
+
+
+def test_fid_of_gaussian_samples_converges_to_the_closed_form():
+    generator = torch.Generator().manual_seed(3)
+    d = 4
+    mean1, mean2 = torch.zeros(d, dtype=f64), torch.tensor([0.5, -0.3, 0.2, 0.0], dtype=f64)
+    cov1, cov2 = random_spd(d, generator), random_spd(d, generator, scale=2.0)
+    exact = scipy_frechet(mean1, cov1, mean2, cov2)
+    chol1, chol2 = torch.linalg.cholesky(cov1), torch.linalg.cholesky(cov2)
+    errors = {}
+    for n in (500, 20_000):
+        x = mean1 + torch.randn(n, d, generator=generator, dtype=f64) @ chol1.T
+        y = mean2 + torch.randn(n, d, generator=generator, dtype=f64) @ chol2.T
+        # E ||mean_x - mean_y||^2 exceeds the true squared gap by tr(S_1 + S_2) / n; the covariances are unbiased.
+        # What bias remains, from the concave square-root trace, is O(d / n), far below one standard error.
+        bias = (cov1.trace() + cov2.trace()).item() / n
+        standard_error = delta_method_standard_error(mean1, cov1, mean2, cov2, n)
+        errors[n] = abs(fid(x, y) - exact - bias)
+        assert errors[n] < 5 * standard_error, (n, errors[n], standard_error)
+    # The tolerance at n = 20000 is a small fraction of the distance itself.
+    assert 5 * delta_method_standard_error(mean1, cov1, mean2, cov2, 20_000) < 0.1 * exact
+    assert errors[20_000] < errors[500]
+
+
+def test_fid_takes_float32_features_and_checks_shapes():
+    generator = torch.Generator().manual_seed(4)
+    x, y = torch.randn(300, 6, generator=generator), torch.randn(200, 6, generator=generator) + 1
+    expected = scipy_frechet(*gaussian_statistics(x), *gaussian_statistics(y))
+    assert fid(x, y) == pytest.approx(expected, rel=1e-8)
+    with pytest.raises(ValueError, match=r"\(n1, d\) and \(n2, d\), got \(300, 6\) and \(200, 5\)"):
+        fid(x, y[:, :5])
+    with pytest.raises(ValueError, match="got \\(300, 6\\) and \\(1200,\\)"):
+        fid(x, y.flatten())
+
+
+def test_gaussian_statistics_match_numpy():
+    generator = torch.Generator().manual_seed(5)
+    features = torch.randn(50, 3, generator=generator) @ torch.randn(3, 3, generator=generator) + 2
+    mean, cov = gaussian_statistics(features)
+    assert mean.dtype == cov.dtype == f64
+    assert mean.shape == (3,) and cov.shape == (3, 3)
+    array = features.numpy().astype(np.float64)
+    np.testing.assert_allclose(mean.numpy(), array.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(cov.numpy(), np.cov(array, rowvar=False, ddof=1), rtol=1e-12)
+    # ddof = 1: two points at distance 2 apart along one axis have variance 2, not 1.
+    _, two_point = gaussian_statistics(torch.tensor([[0.0, 5.0], [2.0, 5.0]]))
+    assert torch.equal(two_point, torch.tensor([[2.0, 0.0], [0.0, 0.0]], dtype=f64))
+
+
+# ----------------------------------------------------------------------------- classifier summaries
+
+
+class TinyClassifier:
+    """features(x) = tanh(flatten(x) W), logits(f) = f V + c; records the batch sizes it was given."""
+
+    def __init__(self, in_dim, feature_dim, classes, generator):
+        self.w = torch.randn(in_dim, feature_dim, generator=generator, dtype=f64)
+        self.v = torch.randn(feature_dim, classes, generator=generator, dtype=f64)
+        self.c = torch.randn(classes, generator=generator, dtype=f64)
+        self.batches = []
+
+    def features(self, x):
+        self.batches.append(len(x))
+        return torch.tanh(x.flatten(1) @ self.w)
+
+    def logits(self, features):
+        return features @ self.v + self.c
+
+
+def test_classify_returns_features_and_softmax_probabilities():
+    generator = torch.Generator().manual_seed(6)
+    model = TinyClassifier(2 * 3 * 3, 5, 4, generator)
+    images = torch.randn(10, 2, 3, 3, generator=generator, dtype=f64)
+    features, probabilities = classify(model, images, batch_size=3)
+    assert model.batches == [3, 3, 3, 1]
+    assert features.shape == (10, 5) and probabilities.shape == (10, 4)
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(10, dtype=f64), rtol=0, atol=1e-14)
+    expected_features = torch.tanh(images.reshape(10, -1) @ model.w)
+    logits = expected_features @ model.v + model.c
+    expected = torch.exp(logits) / torch.exp(logits).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(features, expected_features, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(probabilities, expected, rtol=1e-12, atol=1e-14)
+
+    model.batches = []
+    whole_features, whole_probabilities = classify(model, images, batch_size=1000)
+    assert model.batches == [10]
+    torch.testing.assert_close(whole_features, features, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(whole_probabilities, probabilities, rtol=1e-12, atol=1e-14)
+
+
+def test_classify_runs_without_gradients():
+    generator = torch.Generator().manual_seed(7)
+    model = TinyClassifier(4, 3, 2, generator)
+    model.w.requires_grad_(True)
+    features, probabilities = classify(model, torch.randn(5, 4, generator=generator, dtype=f64))
+    assert not features.requires_grad and not probabilities.requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_confident_fraction_counts_rows_at_or_above_the_threshold(dtype):
+    probabilities = torch.tensor(
+        [
+            [0.95, 0.03, 0.02],  # confident
+            [0.05, 0.90, 0.05],  # exactly at the threshold: counts
+            [0.10, 0.01, 0.89],  # just below
+            [0.40, 0.30, 0.30],
+            [0.00, 0.00, 1.00],  # confident
+        ],
+        dtype=dtype,
+    )
+    assert confident_fraction(probabilities) == pytest.approx(3 / 5)
+    assert confident_fraction(probabilities, threshold=0.89) == pytest.approx(4 / 5)
+    assert confident_fraction(probabilities, threshold=0.4) == 1.0
+    assert confident_fraction(probabilities, threshold=0.99) == pytest.approx(1 / 5)
+    assert confident_fraction(probabilities, threshold=1.01) == 0.0
+
+
+def test_class_fractions_count_the_most_probable_class():
+    probabilities = torch.tensor(
+        [
+            [0.1, 0.2, 0.7, 0.0],
+            [0.6, 0.2, 0.1, 0.1],
+            [0.3, 0.1, 0.4, 0.2],
+            [0.0, 0.5, 0.2, 0.3],
+            [0.2, 0.2, 0.5, 0.1],
+        ]
+    )
+    fractions = class_fractions(probabilities)
+    assert fractions.dtype == f64
+    assert fractions.shape == (4,)  # a class nobody is assigned to still has its entry, zero
+    assert torch.equal(fractions, torch.tensor([0.2, 0.2, 0.6, 0.0], dtype=f64))
+    # Only the arg max matters, not how confident the rows are.
+    assert torch.equal(class_fractions(torch.eye(3)[[2, 2, 1, 2]]), torch.tensor([0.0, 0.25, 0.75], dtype=f64))
+
+
+# ----------------------------------------------------------------------------- nearest neighbours
+
+
+def brute_force_nearest(x, reference):
+    distances, indices = [], []
+    for row in x.tolist():
+        best, best_index = math.inf, -1
+        for j, candidate in enumerate(reference.tolist()):
+            distance = math.sqrt(sum((a - b) ** 2 for a, b in zip(row, candidate, strict=True)))
+            if distance < best:
+                best, best_index = distance, j
+        distances.append(best)
+        indices.append(best_index)
+    return torch.tensor(distances, dtype=f64), torch.tensor(indices)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 37, 1024])
+def test_nearest_neighbours_match_a_double_loop(chunk_size):
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(37, 5, generator=generator, dtype=f64)
+    reference = torch.randn(60, 5, generator=generator, dtype=f64)
+    expected_distances, expected_indices = brute_force_nearest(x, reference)
+    distances, indices = nearest_neighbours(x, reference, chunk_size=chunk_size)
+    assert distances.shape == indices.shape == (37,)
+    torch.testing.assert_close(distances, expected_distances, rtol=1e-10, atol=1e-12)
+    assert torch.equal(indices, expected_indices)
+    # A row that is in the reference set is at distance zero from itself.
+    distances, indices = nearest_neighbours(reference[[4, 17, 59]], reference, chunk_size=2)
+    assert torch.equal(indices, torch.tensor([4, 17, 59]))
+    assert distances.abs().max() < 1e-6
+
+
+def test_nearest_neighbours_converts_the_reference_and_checks_shapes():
+    generator = torch.Generator().manual_seed(9)
+    x = torch.randn(9, 3, generator=generator, dtype=f64)
+    reference = torch.randn(11, 3, generator=generator)
+    distances, indices = nearest_neighbours(x, reference, chunk_size=4)
+    assert distances.dtype == f64
+    expected_distances, expected_indices = brute_force_nearest(x, reference.double())
+    torch.testing.assert_close(distances, expected_distances, rtol=1e-10, atol=1e-12)
+    assert torch.equal(indices, expected_indices)
+    with pytest.raises(ValueError, match=r"\(n, d\) and \(m, d\), got \(9, 3\) and \(11, 2\)"):
+        nearest_neighbours(x, reference[:, :2])
+    with pytest.raises(ValueError, match=r"got \(27,\) and \(11, 3\)"):
+        nearest_neighbours(x.flatten(), reference)
