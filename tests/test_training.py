@@ -376,3 +376,15 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         checkpoints.load(tmp_path / "absent.safetensors")
+
+
+def test_sample_grids_every_epoch_and_a_bf16_run(tmp_path):
+    from PIL import Image
+
+    # 1500 digits in batches of 500: three steps per epoch, so six steps make two epochs and two grids.
+    summary = train(config(tmp_path, batch_size=500, sample_every=1, sample_steps=3, bf16=True))
+    assert summary["complete"] and summary["steps"] == 6
+    grids = sorted(path.name for path in tmp_path.glob("samples_epoch_*.png"))
+    assert grids == ["samples_epoch_1.png", "samples_epoch_2.png"]
+    assert Image.open(tmp_path / "samples_epoch_2.png").size == (8 * (8 + 2) + 2,) * 2  # 8 x 8 images, padding 2
+    assert all(math.isfinite(loss) for _, loss in losses(tmp_path))
