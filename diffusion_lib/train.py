@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import checkpoints, data
 from .losses import PREDICTIONS, denoising_loss, l_simple
