@@ -158,3 +158,56 @@ def metric_curves(ax, settings, curves, floor=None, xlabel=None, ylabel=None, xs
     ax.set(xlabel=xlabel, ylabel=ylabel, xscale=xscale, yscale=yscale)
     ax.legend(fontsize=8)
     return ax
+
+
+def filmstrip(ax, frames, labels=None, title=None):
+    """Draw frames (F, n, C, H, W) in [-1, 1] of n images as one grid, a row per image and a column per frame.
+
+    labels (F strings, e.g. the steps of a reverse process) are written under the columns.
+    """
+    frames = torch.as_tensor(frames).detach().cpu().float()
+    num_frames, n, c, h, w = frames.shape
+    show_images(ax, frames.transpose(0, 1).reshape(n * num_frames, c, h, w), nrow=num_frames, title=title)
+    if labels is not None:
+        ax.set_axis_on()
+        ax.set_xticks([2 + j * (w + 2) + (w - 1) / 2 for j in range(num_frames)], labels)
+        ax.set_yticks([])
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    return ax
+
+
+def training_curves(history, keys, ylabels=None, yscales=None, size=(3.4, 2.8)):
+    """One panel per key of a training history (records {"step": ..., key: value}) against step; returns the figure."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(size[0] * len(keys), size[1]), squeeze=False)
+    steps = [record["step"] for record in history]
+    for i, (ax, key) in enumerate(zip(axes[0], keys, strict=True)):
+        ax.plot(steps, [record[key] for record in history], marker=".", ms=3, lw=1)
+        ax.set(xlabel="step", ylabel=ylabels[i] if ylabels else key, yscale=yscales[i] if yscales else "linear")
+    fig.tight_layout()
+    return fig
+
+
+def histograms(ax, values, bins=50, xlabel=None):
+    """Overlaid density histograms of the values in a dict {label: tensor}, on common bins."""
+    values = {label: torch.as_tensor(v).detach().cpu().flatten().double() for label, v in values.items()}
+    low = min(v.min().item() for v in values.values())
+    high = max(v.max().item() for v in values.values())
+    for label, v in values.items():
+        ax.hist(v, bins=bins, range=(low, high), density=True, alpha=0.5, label=label)
+    ax.set(xlabel=xlabel, ylabel="density")
+    ax.legend()
+    return ax
+
+
+def class_bars(ax, fractions, xlabel="class", ylabel="fraction"):
+    """Grouped bars of per-class values, a dict {label: values (k,)}: one group of bars per class 0, ..., k-1."""
+    width = 0.8 / len(fractions)
+    for j, (label, values) in enumerate(fractions.items()):
+        values = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+        positions = torch.arange(len(values)) + (j - (len(fractions) - 1) / 2) * width
+        ax.bar(positions.numpy(), values.numpy(), width, label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, xticks=list(range(len(values))))
+    ax.legend(fontsize=8)
+    return ax
