@@ -75,7 +75,7 @@ def diffusers_images_per_second(config, images, steps, warmup, compiled):
         ema.step(unet.parameters())
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * config.batch_size / (time.perf_counter() - started), sum(p.numel() for p in unet.parameters())
+    return steps * config.batch_size / (time.perf_counter() - started)
 
 
 def ours_images_per_second(config, steps, warmup):
@@ -96,6 +96,8 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="a small network and few steps, for the CPU")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--compile_mode", default=None, help="torch.compile mode for ours, e.g. reduce-overhead")
+    parser.add_argument("--diffusers", choices=("eager", "compiled", "both"), default="both")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = TrainConfig(**EXPERIMENTS["mnist-ddpm"].config["train"])
@@ -104,16 +106,19 @@ def main():
         config = dataclasses.replace(config, channels=32, channel_mults=(1, 2), attention_resolutions=(14,))
         steps, warmup = 20, 5
     config = dataclasses.replace(config, device=str(device), batch_size=args.batch_size or config.batch_size)
+    config = dataclasses.replace(config, compile_mode=args.compile_mode)
     steps = args.steps or steps
 
     ours_parameters = sum(p.numel() for p in build_unet(config, (1, 28, 28)).parameters())
     images = data.as_tensors(data.image_dataset("mnist"))[0].to(device)
     results = {"ours": ours_images_per_second(config, steps, warmup)}
-    theirs, diffusers_parameters = diffusers_images_per_second(config, images, steps, warmup, compiled=False)
-    results["diffusers"] = theirs
-    if device.type == "cuda":
-        results["diffusers compiled"] = diffusers_images_per_second(config, images, steps, warmup, compiled=True)[0]
+    diffusers_parameters = sum(p.numel() for p in diffusers_unet(config).parameters())
+    if args.diffusers in ("eager", "both"):
+        results["diffusers"] = diffusers_images_per_second(config, images, steps, warmup, compiled=False)
+    if device.type == "cuda" and args.diffusers in ("compiled", "both"):
+        results["diffusers compiled"] = diffusers_images_per_second(config, images, steps, warmup, compiled=True)
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, batch {config.batch_size}")
+    print(f"ours: torch.compile mode {config.compile_mode or 'default'}")
     print(f"parameters: ours {ours_parameters / 1e6:.2f}M, diffusers {diffusers_parameters / 1e6:.2f}M")
     if abs(ours_parameters / diffusers_parameters - 1) > 0.10:
         raise SystemExit("parameter counts differ by more than 10%; the comparison would not be matched")
