@@ -145,6 +145,13 @@ class Artifact:
         return json.loads((self.path / "history.json").read_text())
 
 
+def _stored_meta(path):
+    """The meta.json of the artifact in path, or None when its meta or weights are missing."""
+    if not (path / "meta.json").exists() or not (path / "weights.safetensors").exists():
+        return None
+    return json.loads((path / "meta.json").read_text())
+
+
 def load(name):
     """Load the named artifact, checking that it exists and matches its definition.
 
@@ -154,19 +161,18 @@ def load(name):
     """
     exp = experiment(name)
     path = root() / name
-    missing = [f for f in ("meta.json", "weights.safetensors") if not (path / f).exists()]
-    if missing:
+    meta = _stored_meta(path)
+    if meta is None:
         raise FileNotFoundError(
-            f"artifact {name!r} is missing ({', '.join(missing)} not in {path.resolve()}); build it with: "
-            f"{_rebuild_hint(name)}"
+            f"artifact {name!r} is missing (no meta.json and weights.safetensors in {path.resolve()}); "
+            f"build it with: {_rebuild_hint(name)}"
         )
-    meta = json.loads((path / "meta.json").read_text())
     if meta["config_hash"] != config_hash(exp):
         raise ValueError(
             f"artifact {name!r} was built from another config (hash {meta['config_hash']}, now {config_hash(exp)}); "
             f"rebuild it with: {_rebuild_hint(name)}"
         )
-    model = _model(exp)
+    model = _model(exp, tuple(meta.get("image_shape", (1, 28, 28))))
     try:
         model.load_state_dict({k: v.float() for k, v in load_file(path / "weights.safetensors").items()})
     except RuntimeError as error:
@@ -183,7 +189,7 @@ def load(name):
     return artifact
 
 
-def _model(exp, image_shape=(1, 28, 28)):
+def _model(exp, image_shape):
     if exp.kind == "classifier":
         return Classifier(image_channels=image_shape[0], image_size=image_shape[1])
     return build_unet(TrainConfig(**exp.config["train"]), image_shape)
@@ -191,10 +197,10 @@ def _model(exp, image_shape=(1, 28, 28)):
 
 def status(name):
     """One of "missing", "stale: config changed", "stale: source changed", or "ok"; plus the device it was built on."""
-    exp, path = experiment(name), root() / name
-    if not (path / "meta.json").exists() or not (path / "weights.safetensors").exists():
+    exp = experiment(name)
+    meta = _stored_meta(root() / name)
+    if meta is None:
         return "missing", None
-    meta = json.loads((path / "meta.json").read_text())
     if meta["config_hash"] != config_hash(exp):
         return "stale: config changed", meta["device"]
     if meta["source_hash"] != source_hash(exp):
@@ -244,7 +250,7 @@ def _write(path, meta, metrics_found, weights):
 
 
 def _mnist(train_split, device):
-    images, labels = data.as_tensors(data.image_dataset("mnist", train=train_split))
+    images, labels = data.mnist_images(train=train_split)
     return images.to(device), labels.to(device)
 
 
@@ -257,7 +263,7 @@ def _build_classifier(exp, path, device, time_budget):
     train_images, train_labels = _mnist(True, device)
     test_images, test_labels = _mnist(False, device)
     torch.manual_seed(config["seed"])
-    model = Classifier().to(device)
+    model = _model(exp, tuple(train_images.shape[1:])).to(device)
     generator = torch.Generator().manual_seed(config["seed"])
     losses = fit_classifier(
         model, train_images, train_labels, config["epochs"], config["batch_size"], config["lr"], generator
@@ -285,7 +291,7 @@ def _build_ddpm(exp, path, device, time_budget):
         print(f"{exp.name}: trained {summary['steps']}/{summary['total_steps']} steps; run the build again", flush=True)
         return False
     ema_tensors, _ = checkpoints.load(path / "run" / "ema.safetensors", device)
-    image_shape = tuple(data.image_dataset(config.dataset)[0][0].shape)
+    image_shape = summary["image_shape"]
     model = _model(exp, image_shape).to(device)
     model.load_state_dict(ema_tensors)
     model.eval().requires_grad_(False)
@@ -366,20 +372,13 @@ def _sample_in_chunks(eps_model, schedule, image_shape, evaluation, run, time_bu
                 eps_model, schedule, (evaluation["batch_size"], *image_shape), generator,
                 evaluation["sampling_steps"], device=device,
             )  # fmt: skip
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        save_file({"samples": to_bytes(x)}, file, {"seconds": str(time.perf_counter() - chunk_started)})
-        print(f"sampled chunk {chunk + 1}/{len(chunks)} in {time.perf_counter() - chunk_started:.1f} s", flush=True)
-    files = [run / f"samples_{chunk}.safetensors" for chunk in chunks]
-    seconds = sum(float(_safetensors_meta(file)["seconds"]) for file in files)
-    return from_bytes(torch.cat([load_file(file)["samples"] for file in files])), seconds
-
-
-def _safetensors_meta(file):
-    from safetensors import safe_open
-
-    with safe_open(file, framework="pt") as f:
-        return f.metadata()
+        pixels = to_bytes(x).cpu()  # waits for the device, so the time below is the sampling's
+        seconds = time.perf_counter() - chunk_started
+        checkpoints.save(file, {"samples": pixels}, {"seconds": seconds})
+        print(f"sampled chunk {chunk + 1}/{len(chunks)} in {seconds:.1f} s", flush=True)
+    stored = [checkpoints.load(run / f"samples_{chunk}.safetensors") for chunk in chunks]
+    samples = torch.cat([tensors["samples"] for tensors, _ in stored])
+    return from_bytes(samples), sum(meta["seconds"] for _, meta in stored)
 
 
 @torch.no_grad()

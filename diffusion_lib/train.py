@@ -332,6 +332,7 @@ def train(config):
         "seconds": seconds,
         "final_loss": log.history[-1]["loss"] if log.history else None,
         "device": str(device),
+        "image_shape": image_shape,
     }
 
 
@@ -368,8 +369,10 @@ def _resume(path, config, model, ema, optimizer, device):
 
 def _defining(config):
     """The fields that change what a run computes (not where or how fast it runs)."""
-    ignored = {"time_budget", "device", "workers", "checkpoint_every", "sample_every", "log_every", "root", "out"}
-    ignored |= {"compile", "compile_mode"}
+    ignored = {
+        *("time_budget", "device", "workers", "compile", "compile_mode"),
+        *("checkpoint_every", "sample_every", "log_every", "root", "out"),
+    }
     return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(config))).items() if k not in ignored}
 
 
@@ -418,8 +421,7 @@ def parse_config(argv=None):
         elif field.type in ("tuple[int, ...]", tuple[int, ...]):
             parser.add_argument(f"--{field.name}", type=_int_tuple, default=field.default, metavar="N,N,...")
         else:
-            kind = {int: int, float: float, str: str}[_base_type(field.type)]
-            parser.add_argument(f"--{field.name}", type=kind, default=field.default)
+            parser.add_argument(f"--{field.name}", type=_base_type(field.type), default=field.default)
     return TrainConfig(**vars(parser.parse_args(argv)))
 
 
