@@ -63,21 +63,32 @@ def gaussian_statistics(features):
 def frechet_distance(mean1, cov1, mean2, cov2):
     """||mu_1 - mu_2||^2 + tr(S_1 + S_2 - 2 (S_1^(1/2) S_2 S_1^(1/2))^(1/2)), eq. `frechet-distance`.
 
-    The squared 2-Wasserstein distance between N(mu_1, S_1) and N(mu_2, S_2).
-    The trace of the matrix square root is the sum of the square roots of the
-    eigenvalues of the symmetric matrix S_1^(1/2) S_2 S_1^(1/2), in float64.
+    The squared 2-Wasserstein distance between N(mu_1, S_1) and N(mu_2, S_2),
+    in float64. The trace of the square root is computed as the nuclear norm
+    of M = S_1^(1/2) S_2^(1/2), the sum of its singular values: S_1^(1/2) S_2
+    S_1^(1/2) = M M^T, whose eigenvalues are the squared singular values of M.
+    Swapping the two Gaussians replaces M by M^T, which has the same singular
+    values, so the distance is symmetric by construction; and small singular
+    values of a rank-deficient M come out near rounding, where square roots of
+    rounding-sized eigenvalues would add errors of order sqrt(rounding).
     """
     cov1, cov2 = cov1.double(), cov2.double()
-    root1 = _symmetric_sqrt(cov1)
-    middle = root1 @ cov2 @ root1
-    trace_root = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    trace_root = torch.linalg.svdvals(_symmetric_sqrt(cov1) @ _symmetric_sqrt(cov2)).sum()
     difference = (mean1 - mean2).double()
     return (difference @ difference + cov1.trace() + cov2.trace() - 2 * trace_root).item()
 
 
 def _symmetric_sqrt(matrix):
+    """The symmetric square root of a symmetric positive semi-definite matrix.
+
+    Eigenvalues within rounding of zero (below d times machine epsilon times
+    the largest) are set to 0: they are rounding, and their square roots would
+    be errors of order sqrt(rounding).
+    """
     values, vectors = torch.linalg.eigh(matrix)
-    return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+    rounding = len(values) * torch.finfo(values.dtype).eps * values.abs().max()
+    root = vectors @ torch.diag(torch.where(values > rounding, values, 0).sqrt()) @ vectors.T
+    return (root + root.T) / 2
 
 
 def fid(features1, features2):

@@ -435,7 +435,8 @@ def _base_type(annotation):
 
 def main(argv=None):
     summary = train(parse_config(argv))
-    print(json.dumps(summary))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not one per process
+        print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

@@ -206,8 +206,8 @@ def test_ddp_with_two_processes_matches_one_process(tmp_path):
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(summaries) == 2  # one per process
-    assert all(s["complete"] and s["steps"] == 3 for s in summaries)
+    assert len(summaries) == 1  # from process 0 only: the processes' lines would interleave
+    assert summaries[0]["complete"] and summaries[0]["steps"] == 3
 
     single = parse_config([*argv, "--out", str(tmp_path / "single")])
     summary = train(single)
