@@ -26,7 +26,7 @@ from diffusers.training_utils import EMAModel
 
 from diffusion_lib import data
 from diffusion_lib.artifacts import EXPERIMENTS
-from diffusion_lib.train import TrainConfig, build_unet, train
+from diffusion_lib.engine import TrainConfig, build_unet, train
 
 
 def diffusers_unet(config):

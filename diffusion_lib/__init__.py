@@ -1,6 +1,7 @@
 """diffusion_lib: the code of the diffusion-models textbook, one concept per module."""
 
-from .losses import bits_per_dim, gaussian_kl, l_simple, vlb_terms, vlb_weights
+from .elbo import bits_per_dim, gaussian_kl, vlb_terms, vlb_weights
+from .losses import l_simple
 from .sampling import ddpm_step, sample, sample_loop
 from .schedules import NoiseSchedule
 

@@ -263,3 +263,13 @@ def as_tensors(dataset, batch_size=1024):
         raise ValueError("the data set is empty: there are no images to stack")
     images, labels = zip(*batches, strict=True)
     return torch.cat(images).float(), torch.cat(labels).long()
+
+
+def to_bytes(images):
+    """Images in [-1, 1] quantised to uint8 pixel values 0..255 (as stored and as judged)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def from_bytes(pixels):
+    """uint8 pixel values 0..255 back to floats in [-1, 1]."""
+    return pixels.float() / 127.5 - 1

@@ -9,34 +9,7 @@ from numbers import Integral
 
 import torch
 
-REVERSE_VARIANCES = ("posterior", "beta")
-
-
-def reverse_variances(schedule, variance):
-    """sigma_t^2 for t = 0..T-1: beta-tilde_t ("posterior") or beta_t ("beta"), eq. `reverse-variance`.
-
-    beta-tilde_0 = 0 (the posterior at the last step is a point mass), so for
-    the decoder p(x_0 | x_1) the "posterior" table uses beta-tilde_1 at t = 0,
-    as Ho et al. do; sampling never adds noise at t = 0 either way.
-    """
-    if variance == "posterior":
-        first = schedule.posterior_variances[1:2] if schedule.T > 1 else schedule.betas[:1]
-        return torch.cat([first, schedule.posterior_variances[1:]])
-    if variance == "beta":
-        return schedule.betas
-    raise ValueError(f"unknown variance {variance!r}; allowed: {', '.join(REVERSE_VARIANCES)}")
-
-
-def reverse_mean(schedule, eps, t, xt, clip_x0=False):
-    """mu_theta(x_t, t): the posterior mean with x_0 estimated from eps, eq. `mu-theta`.
-
-    ``clip_x0`` clamps the estimate of x_0 to [-1, 1] first.
-    """
-    x0 = schedule.x0_from_eps(xt, t, eps)
-    if clip_x0:
-        x0 = x0.clamp(-1, 1)
-    mean, _ = schedule.posterior(x0, xt, t)
-    return mean
+from .elbo import reverse_mean, reverse_variances
 
 
 def ddpm_step(schedule, eps, t, xt, noise, variance="posterior", clip_x0=False):
@@ -92,20 +65,3 @@ def sample(model, schedule, shape, generator=None, num_steps=None, trajectory=Fa
         if trajectory:
             states.append(x)
     return torch.stack(states) if trajectory else x
-
-
-def as_eps_model(model, schedule, prediction):
-    """Turn a network that predicts eps, x_0 or v into the callable (x_t, t) -> eps that the samplers take.
-
-    x_0 predictions convert by eq. `q-marginal` solved for eps, v predictions by eq. `v-prediction`.
-    """
-    conversions = {"x0": schedule.eps_from_x0, "v": schedule.eps_from_v}
-    if prediction == "eps":
-        return model
-    if prediction not in conversions:
-        raise ValueError(f"unknown prediction {prediction!r}; allowed: eps, {', '.join(conversions)}")
-
-    def eps(x, t):
-        return conversions[prediction](x, t, model(x, t).to(x.dtype))
-
-    return eps

@@ -148,13 +148,13 @@ class NoiseSchedule:
 
     def q_sample(self, x0, t, noise):
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, eq. `q-marginal`."""
-        _check_same_shape(x0=x0, noise=noise)
+        check_same_shape(x0=x0, noise=noise)
         alpha_bar = self.at(self.alpha_bars, t, x0)
         return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
 
     def q_step(self, x_prev, t, noise):
         """One forward step x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps, eq. `forward-kernel`."""
-        _check_same_shape(x_prev=x_prev, noise=noise)
+        check_same_shape(x_prev=x_prev, noise=noise)
         beta = self.at(self.betas, t, x_prev)
         return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
 
@@ -163,43 +163,11 @@ class NoiseSchedule:
 
         At t = 0 the posterior is a point mass at x_0: variance 0, mean x_0.
         """
-        _check_same_shape(x0=x0, xt=xt)
+        check_same_shape(x0=x0, xt=xt)
         beta, alpha = self.at(self.betas, t, xt), self.at(self.alphas, t, xt)
         alpha_bar, alpha_bar_prev = self.at(self.alpha_bars, t, xt), self.at(self.alpha_bars_prev, t, xt)
         mean = (alpha_bar_prev.sqrt() * beta * x0 + alpha.sqrt() * (1 - alpha_bar_prev) * xt) / (1 - alpha_bar)
         return mean, self.at(self.posterior_variances, t, xt).expand_as(xt)
-
-    # Converting between what a network may predict ---------------------------
-
-    def x0_from_eps(self, xt, t, eps):
-        """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), eq. `x0-from-eps`."""
-        _check_same_shape(xt=xt, eps=eps)
-        alpha_bar = self.at(self.alpha_bars, t, xt)
-        return (xt - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
-
-    def eps_from_x0(self, xt, t, x0):
-        """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t), eq. `q-marginal` solved for eps."""
-        _check_same_shape(xt=xt, x0=x0)
-        alpha_bar = self.at(self.alpha_bars, t, xt)
-        return (xt - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
-
-    def v_from_eps(self, x0, t, eps):
-        """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans and Ho 2022), eq. `v-prediction`."""
-        _check_same_shape(x0=x0, eps=eps)
-        alpha_bar = self.at(self.alpha_bars, t, x0)
-        return alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x0
-
-    def x0_from_v(self, xt, t, v):
-        """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v, eq. `v-prediction` inverted."""
-        _check_same_shape(xt=xt, v=v)
-        alpha_bar = self.at(self.alpha_bars, t, xt)
-        return alpha_bar.sqrt() * xt - (1 - alpha_bar).sqrt() * v
-
-    def eps_from_v(self, xt, t, v):
-        """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v, eq. `v-prediction` inverted."""
-        _check_same_shape(xt=xt, v=v)
-        alpha_bar = self.at(self.alpha_bars, t, xt)
-        return (1 - alpha_bar).sqrt() * xt + alpha_bar.sqrt() * v
 
 
 def _check_T(T):
@@ -207,7 +175,8 @@ def _check_T(T):
         raise ValueError(f"T must be a positive integer number of steps, got {T!r}")
 
 
-def _check_same_shape(**tensors):
+def check_same_shape(**tensors):
+    """Raise a ValueError naming the first pair of the given tensors whose shapes differ."""
     (name_a, a), *rest = tensors.items()
     for name_b, b in rest:
         if a.shape != b.shape:

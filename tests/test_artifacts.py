@@ -1,6 +1,7 @@
-"""Artifacts: building (resumable, dependencies first), what a build writes, loading, staleness and the command line.
+"""Artifacts: building (resumable, dependencies first), what a build writes, loading, integrity, staleness and the
+command line.
 
-The two experiments are shrunk to a few steps and the MNIST they read to a few hundred real images, so that a
+The two experiments are shrunk to a few steps (T = 10) and read a small MNIST of a few hundred real images, so that a
 whole build runs on the CPU in seconds.
 """
 
@@ -9,7 +10,6 @@ import json
 import math
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,39 +17,19 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import diffusion_lib.artifacts as artifacts
-from diffusion_lib import checkpoints, data
-from diffusion_lib.train import TrainConfig
+from diffusion_lib import checkpoints, store
 
-MNIST_ROOT = Path("/work/shared/data")
-TRAIN_IMAGES, TEST_IMAGES = 256, 128
-FILMSTRIP_IMAGES = 2  # the filmstrip runs all 1000 steps; 2 images instead of 10 keep it to seconds
 BUILD_HINT = "python -m diffusion_lib.artifacts build"
-
-
-def mnist_root():
-    root = data.data_root()
-    if not all((root / "MNIST" / "raw" / name).exists() for name in data.MNIST_FILES):
-        root = MNIST_ROOT
-    if not all((root / "MNIST" / "raw" / name).exists() for name in data.MNIST_FILES):
-        pytest.skip(f"the MNIST raw files are not in {root}/MNIST/raw (set DIFFUSION_DATA)")
-    return root
+TRAIN_IMAGES = 256  # the small MNIST of conftest.py
 
 
 def tiny_experiments():
     real = artifacts.EXPERIMENTS
-    classifier = real["mnist-classifier"]
-    ddpm = real["mnist-ddpm"]
-    train = dataclasses.asdict(
-        dataclasses.replace(
-            TrainConfig(**ddpm.config["train"]),
-            channels=8,
-            channel_mults=(1, 2),
-            attention_resolutions=(7,),
-            steps=3,
-            batch_size=16,
-            log_every=1,
-        )
-    )
+    classifier, ddpm = real["mnist-classifier"], real["mnist-ddpm"]
+    train = {
+        **ddpm.config["train"],
+        **dict(channels=8, channel_mults=[1, 2], attention_resolutions=[7], steps=3, batch_size=16, log_every=1, T=10),
+    }
     evaluation = {**ddpm.config["evaluation"], "num_samples": 8, "batch_size": 4, "sampling_steps": 3}
     return {
         classifier.name: dataclasses.replace(classifier, config={**classifier.config, "epochs": 1}),
@@ -58,78 +38,44 @@ def tiny_experiments():
 
 
 def ddpm_changed(**parts):
-    """The current experiments, with entries of the DDPM's "train" or "evaluation" config changed."""
-    changed = dict(artifacts.EXPERIMENTS)
+    """The tiny experiments, with entries of the DDPM's "train" or "evaluation" config changed."""
+    changed = tiny_experiments()
     ddpm = changed["mnist-ddpm"]
     config = {**ddpm.config, **{part: {**ddpm.config[part], **values} for part, values in parts.items()}}
     changed["mnist-ddpm"] = dataclasses.replace(ddpm, config=config)
     return changed
 
 
-@pytest.fixture(scope="module")
-def small_mnist():
-    """The first images of the real MNIST splits, as (images, labels) in [-1, 1]."""
-    root = mnist_root()
-    return {
-        True: data.mnist_images(TRAIN_IMAGES, train=True, root=root),
-        False: data.mnist_images(TEST_IMAGES, train=False, root=root),
-    }
-
-
-def shrink(patch, small_mnist):
-    """Tiny experiments on a few hundred MNIST images: both _mnist (classifier, evaluation) and the data set the
-    training engine and the U-Net's image shape read; a filmstrip of fewer images."""
+def shrink(patch, small_mnist_root, folder):
     patch.setattr(artifacts, "EXPERIMENTS", tiny_experiments())
-
-    def mnist(train_split, device):
-        images, labels = small_mnist[train_split]
-        return images.to(device), labels.to(device)
-
-    original = data.image_dataset
-
-    def image_dataset(name, train=True, root=None, image_size=None, download=False):
-        if name != "mnist":
-            return original(name, train, root, image_size, download)
-        assert image_size is None
-        return data.LabelledTensors(*small_mnist[train])
-
-    filmstrip = artifacts._filmstrip
-
-    def short_filmstrip(*args, **kwargs):
-        return filmstrip(*args, **{**kwargs, "num_images": FILMSTRIP_IMAGES})
-
-    patch.setattr(artifacts, "_mnist", mnist)
-    patch.setattr(artifacts, "_filmstrip", short_filmstrip)
-    patch.setattr(data, "image_dataset", image_dataset)
+    patch.setenv("DIFFUSION_DATA", str(small_mnist_root))
+    patch.setenv("DIFFUSION_ARTIFACTS", str(folder))
     patch.setenv("TQDM_DISABLE", "1")
     patch.delenv("GIT_COMMIT", raising=False)
 
 
 @pytest.fixture
-def fresh(tmp_path, monkeypatch, small_mnist):
+def fresh(tmp_path, monkeypatch, small_mnist_root):
     """An empty artifacts folder and the tiny experiments."""
-    shrink(monkeypatch, small_mnist)
-    monkeypatch.setenv("DIFFUSION_ARTIFACTS", str(tmp_path))
+    shrink(monkeypatch, small_mnist_root, tmp_path)
     return tmp_path
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, small_mnist):
+def built(tmp_path_factory, small_mnist_root):
     """One artifacts folder in which mnist-ddpm (and so mnist-classifier) was built: first with a time budget of 0,
     which must stop cleanly, then to completion. Yields (folder, what was observed along the way)."""
     folder = tmp_path_factory.mktemp("artifacts")
     with pytest.MonkeyPatch.context() as patch:
-        shrink(patch, small_mnist)
-        patch.setenv("DIFFUSION_ARTIFACTS", str(folder))
+        shrink(patch, small_mnist_root, folder)
         calls = []
-        for builder in ("_build_classifier", "_build_ddpm"):
-            original = getattr(artifacts, builder)
+        for name, exp in artifacts.EXPERIMENTS.items():
 
-            def recording(exp, *args, original=original):
-                calls.append(exp.name)
-                return original(exp, *args)
+            def recording(*args, original=exp.build, name=name):
+                calls.append(name)
+                return original(*args)
 
-            patch.setattr(artifacts, builder, recording)
+            artifacts.EXPERIMENTS[name] = dataclasses.replace(exp, build=recording)
         observed = {"before": {name: artifacts.status(name) for name in artifacts.EXPERIMENTS}}
         observed["budget_0"] = artifacts.build("mnist-ddpm", "cpu", time_budget=0)
         observed["after_budget_0"] = {name: artifacts.status(name) for name in artifacts.EXPERIMENTS}
@@ -141,21 +87,20 @@ def built(tmp_path_factory, small_mnist):
 
 
 @pytest.fixture
-def in_built(built, monkeypatch, small_mnist):
+def in_built(built, monkeypatch, small_mnist_root):
     """The built folder, with the tiny experiments in place again (for tests that patch them further)."""
     folder, _ = built
-    shrink(monkeypatch, small_mnist)
-    monkeypatch.setenv("DIFFUSION_ARTIFACTS", str(folder))
+    shrink(monkeypatch, small_mnist_root, folder)
     return folder
 
 
 def test_missing_artifacts(fresh):
-    assert artifacts.root() == fresh
+    assert store.root() == fresh
     for name in artifacts.EXPERIMENTS:
         assert artifacts.status(name) == ("missing", None)
         with pytest.raises(FileNotFoundError, match=f"{BUILD_HINT} {name}") as error:
             artifacts.load(name)
-        assert "meta.json" in str(error.value) and "weights.safetensors" in str(error.value)
+        assert "meta.json" in str(error.value) and "DIFFUSION_ARTIFACTS" in str(error.value)
     with pytest.raises(ValueError, match="unknown artifact 'mnist-gan'"):
         artifacts.load("mnist-gan")
     with pytest.raises(ValueError, match="unknown artifact 'mnist-gan'"):
@@ -173,40 +118,41 @@ def test_time_budget_stops_cleanly_and_the_build_resumes(built):
     assert observed["calls"] == ["mnist-classifier", "mnist-ddpm", "mnist-ddpm"]  # the classifier is built once
 
 
-def test_build_needs_the_classifier_first(fresh, monkeypatch):
-    """With no time budget the dependency is built first, then the model; a second build reuses the classifier."""
-    calls = []
-    original = artifacts.build
+def test_build_needs_the_classifier_first_and_hands_it_over(fresh, monkeypatch):
+    """With no time budget the dependency is built first, then the model, which receives it loaded."""
+    received = []
 
-    def recording(name, device, time_budget=None):
-        calls.append(name)
-        return original(name, device, time_budget)
+    def build_ddpm(exp, folder, device, time_budget, needed):
+        received.append(needed)
+        store.save_weights(folder, exp.make_model(exp, {"image_shape": [1, 28, 28]}).state_dict())
+        return {"seconds": 0.0, "image_shape": [1, 28, 28]}
 
-    monkeypatch.setattr(artifacts, "build", recording)
-    monkeypatch.setattr(artifacts, "_build_ddpm", lambda exp, path, device, budget: calls.append("trained") or True)
+    ddpm = artifacts.EXPERIMENTS["mnist-ddpm"]
+    monkeypatch.setitem(artifacts.EXPERIMENTS, "mnist-ddpm", dataclasses.replace(ddpm, build=build_ddpm))
     assert artifacts.build("mnist-ddpm", "cpu") is True
-    assert calls == ["mnist-ddpm", "mnist-classifier", "trained"]
-    assert artifacts.status("mnist-classifier") == ("ok", "cpu")
+    assert artifacts.status("mnist-classifier") == ("ok", "cpu") and artifacts.status("mnist-ddpm") == ("ok", "cpu")
+    assert list(received[0]) == ["mnist-classifier"]
+    assert received[0]["mnist-classifier"].model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     classifier_meta = json.loads((fresh / "mnist-classifier" / "meta.json").read_text())
     assert classifier_meta["steps"] == TRAIN_IMAGES // 128  # one epoch of batches of 128
-    calls.clear()
+    built_at = (fresh / "mnist-classifier" / "meta.json").stat().st_mtime_ns
     artifacts.build("mnist-ddpm", "cpu")
-    assert calls == ["mnist-ddpm", "trained"]
+    assert (fresh / "mnist-classifier" / "meta.json").stat().st_mtime_ns == built_at  # not built again
 
 
 def test_build_writes_weights_meta_and_provenance(built):
     folder, _ = built
     path = folder / "mnist-ddpm"
-    expected_files = {"weights.safetensors", "meta.json", "metrics.json", "samples.safetensors", "samples.png"}
-    assert expected_files | {"history.json", "run"} <= {p.name for p in path.iterdir()}
+    expected_files = {"weights.safetensors", "metrics.json", "samples.safetensors", "samples.png", "history.json"}
+    assert expected_files | {"meta.json", "run"} <= {p.name for p in path.iterdir()}
     meta = json.loads((path / "meta.json").read_text())
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(artifacts, "EXPERIMENTS", tiny_experiments())
-        exp = artifacts.experiment("mnist-ddpm")
-        assert meta["config_hash"] == artifacts.config_hash(exp)
-        assert meta["source_hash"] == artifacts.source_hash(exp)
+    exp = tiny_experiments()["mnist-ddpm"]
+    assert meta["config_hash"] == store.config_hash(exp.config)
+    assert meta["source_hashes"] == store.source_hashes(exp.sources)
     assert meta["config"] == json.loads(json.dumps(exp.config))
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=artifacts.PACKAGE)
+    assert set(meta["files"]) == expected_files
+    assert all(meta["files"][name] == store.file_hash(path / name) for name in expected_files)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=store.PACKAGE)
     assert meta["git_commit"] == head.stdout.strip()
     assert meta["device"] == "cpu" and meta["device_name"] == "CPU" and meta["cpu_made"] is True
     assert meta["steps"] == 3
@@ -245,7 +191,7 @@ def test_build_writes_metrics_and_samples(built):
     chunks = [load_file(path / "run" / f"samples_{chunk}.safetensors")["samples"] for chunk in range(2)]
     assert torch.equal(samples, torch.cat(chunks))
     trajectory = stored["trajectory"]
-    assert trajectory.dtype == torch.float16 and trajectory.shape == (11, FILMSTRIP_IMAGES, 1, 28, 28)
+    assert trajectory.dtype == torch.float16 and trajectory.shape == (11, 10, 1, 28, 28)
     assert 0.8 < trajectory[0].float().std() < 1.2  # x_T ~ N(0, I)
     assert not torch.equal(trajectory[0], trajectory[-1])
     with Image.open(path / "samples.png") as image:
@@ -254,10 +200,11 @@ def test_build_writes_metrics_and_samples(built):
 
 def test_load_the_built_model(in_built):
     artifact = artifacts.load("mnist-ddpm")
-    assert artifact.schedule.T == 1000 and artifact.image_shape == (1, 28, 28)
+    assert artifact.status == "ok"
+    assert artifact.schedule.T == 10 and artifact.image_shape == (1, 28, 28)
     assert artifact.meta["steps"] == 3 and artifact.metrics["num_samples"] == 8
     x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    t = torch.tensor([0, 500, 999])
+    t = torch.tensor([0, 5, 9])
     eps = artifact.model(x, t)
     assert eps.shape == x.shape and eps.dtype == torch.float32 and torch.isfinite(eps).all()
     assert torch.equal(eps, artifact.model(x, t))  # eval mode: no dropout
@@ -288,44 +235,75 @@ def test_changed_config_makes_the_artifact_stale(in_built, monkeypatch):
         artifacts.load("mnist-ddpm")
 
 
-def test_changed_source_makes_the_artifact_stale(in_built, monkeypatch):
-    original = artifacts._source
-    monkeypatch.setattr(artifacts, "_source", lambda entry: original(entry) + ("\n# edited" * (entry == "losses.py")))
-    assert artifacts.status("mnist-ddpm") == ("stale: source changed", "cpu")
-    assert artifacts.status("mnist-classifier") == ("ok", "cpu")  # it does not depend on losses.py
-    assert artifacts.load("mnist-ddpm").meta["steps"] == 3  # stale source is reported, not refused
+def test_changed_source_is_named_in_the_status(in_built, monkeypatch):
+    original = store.source_text
+    edited = {"losses.py:denoising_loss", "metrics.py:fid"}
+    monkeypatch.setattr(store, "source_text", lambda entry: original(entry) + "\n# edited" * (entry in edited))
+    assert artifacts.status("mnist-ddpm") == (
+        "stale: source changed in losses.py:denoising_loss, metrics.py:fid",
+        "cpu",
+    )
+    assert artifacts.status("mnist-classifier") == ("ok", "cpu")  # it depends on neither
+    loaded = artifacts.load("mnist-ddpm")  # stale source is reported, not refused
+    assert loaded.status.startswith("stale: source changed in losses.py:denoising_loss")
 
 
-def test_source_hash_follows_single_definitions(in_built, tmp_path, monkeypatch):
-    """The classifier depends on two definitions in train.py, the DDPM on the whole file."""
+def test_source_hashes_follow_single_definitions(in_built, tmp_path, monkeypatch):
+    """The classifier depends on two definitions in fit.py; editing another definition there leaves it current."""
     package = tmp_path / "diffusion_lib"
-    shutil.copytree(artifacts.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(artifacts, "PACKAGE", package)
+    shutil.copytree(store.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(store, "PACKAGE", package)
     assert artifacts.status("mnist-ddpm") == ("ok", "cpu") and artifacts.status("mnist-classifier") == ("ok", "cpu")
 
-    train_py = package / "train.py"
-    text = train_py.read_text()
-    edited = text.replace('"""theta_ema <- decay', '"""The EMA: theta_ema <- decay')
+    fit_py = package / "fit.py"
+    text = fit_py.read_text()
+    edited = text.replace("losses.append(loss.item())", "losses.append(float(loss))")
     assert edited != text
-    train_py.write_text(edited)
-    assert artifacts.status("mnist-ddpm") == ("stale: source changed", "cpu")
-    assert artifacts.status("mnist-classifier") == ("ok", "cpu")
+    fit_py.write_text(edited)
+    assert artifacts.status("mnist-classifier") == ("ok", "cpu")  # fit (of chapter 3) defines neither artifact
 
     edited_again = edited.replace("total += loss.detach()", "total = total + loss.detach()")
     assert edited_again != edited
-    train_py.write_text(edited_again)
-    assert artifacts.status("mnist-classifier") == ("stale: source changed", "cpu")
+    fit_py.write_text(edited_again)
+    assert artifacts.status("mnist-classifier") == ("stale: source changed in fit.py:fit_classifier", "cpu")
 
 
-def test_pixel_levels_round_trip():
-    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
-    signed = artifacts.from_bytes(levels)
-    assert signed.dtype == torch.float32
-    assert signed.min() == -1 and signed.max() == 1
-    assert (signed.flatten().diff() > 0).all()
-    assert torch.equal(artifacts.to_bytes(signed), levels)
-    clamped = artifacts.to_bytes(torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0]))
-    assert torch.equal(clamped, torch.tensor([0, 0, 128, 255, 255], dtype=torch.uint8))
+def random_bytes(data):
+    return torch.randint(0, 256, (len(data),), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+
+def flipped(data):
+    """4 KB of the tensor data (the end of the file) with every bit flipped."""
+    return data[:-8192] + bytes(255 - b for b in data[-8192:-4096]) + data[-4096:]
+
+
+DAMAGE = {
+    "truncated": lambda data: data[: len(data) // 2],
+    "empty": lambda data: b"",
+    "random bytes": lambda data: bytes(random_bytes(data).tolist()),
+    "a Git LFS pointer": lambda data: b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n",
+    "4 KB flipped inside the tensors": lambda data: (
+        data[:-8192] + bytes(255 - b for b in data[-8192:-4096]) + data[-4096:]
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_a_damaged_weights_file_is_named_with_the_remedy(rebuilt, damage):
+    weights = rebuilt / "mnist-ddpm" / "weights.safetensors"
+    weights.write_bytes(DAMAGE[damage](weights.read_bytes()))
+    assert artifacts.status("mnist-ddpm") == ("damaged: weights.safetensors", "cpu")
+    with pytest.raises(ValueError, match="damaged: weights.safetensors") as error:
+        artifacts.load("mnist-ddpm")
+    assert str(weights.parent.resolve()) in str(error.value)
+    assert "DIFFUSION_ARTIFACTS" in str(error.value) and f"{BUILD_HINT} mnist-ddpm" in str(error.value)
+
+
+def test_a_missing_or_changed_metrics_file_is_caught(rebuilt):
+    (rebuilt / "mnist-ddpm" / "metrics.json").unlink()
+    assert artifacts.status("mnist-ddpm") == ("damaged: metrics.json", "cpu")
+    (rebuilt / "mnist-ddpm" / "metrics.json").write_text("{}")
+    assert artifacts.status("mnist-ddpm") == ("damaged: metrics.json", "cpu")
 
 
 def test_status_command_lists_every_experiment(in_built, capsys):
@@ -348,7 +326,7 @@ def test_status_command_on_a_fresh_folder(fresh, capsys):
 
 @pytest.fixture
 def rebuilt(in_built, tmp_path):
-    """The built folder, for tests that build in it again; put back as it was afterwards (in place, not as a copy
+    """The built folder, for tests that change it; put back as it was afterwards (in place, not as a copy
     elsewhere: a training run resumes only in the folder where it started)."""
     backup = tmp_path / "backup"
     shutil.copytree(in_built, backup)
@@ -368,7 +346,6 @@ def test_a_rebuild_after_an_evaluation_change_draws_new_samples(rebuilt, monkeyp
     path = rebuilt / "mnist-ddpm"
     old = load_file(path / "samples.safetensors")["samples"]
     monkeypatch.setattr(artifacts, "EXPERIMENTS", ddpm_changed(evaluation={"sampling_steps": 2, "seed": 7}))
-    monkeypatch.setattr(artifacts, "_filmstrip", lambda *args, **kwargs: torch.zeros(11, 1, 1, 28, 28).half())
     assert artifacts.build("mnist-ddpm", "cpu") is True
     assert artifacts.status("mnist-ddpm") == ("ok", "cpu")
     assert json.loads((path / "metrics.json").read_text())["sampling_steps"] == 2

@@ -13,9 +13,9 @@ import torch
 
 from diffusion_lib import NoiseSchedule, ddpm_step, sample, sample_loop
 from diffusion_lib.data import toy_data
+from diffusion_lib.fit import cosine_learning_rate, fit
 from diffusion_lib.metrics import mmd, nearest_distances, sliced_wasserstein
 from diffusion_lib.models import MLPDenoiser, sinusoidal_embedding
-from diffusion_lib.train import cosine_learning_rate, fit
 
 f64 = torch.float64
 

@@ -14,17 +14,18 @@ import torch
 from scipy import integrate
 
 from diffusion_lib import NoiseSchedule
-from diffusion_lib.losses import (
+from diffusion_lib.elbo import (
     bits_per_dim,
     discretized_gaussian_log_likelihood,
     gaussian_kl,
-    l_simple,
     prior_loss,
+    reverse_mean,
+    reverse_variances,
     step_loss,
     vlb_terms,
     vlb_weights,
 )
-from diffusion_lib.sampling import reverse_mean, reverse_variances
+from diffusion_lib.losses import l_simple
 
 LEVELS = torch.linspace(-1, 1, 256, dtype=torch.float64)
 

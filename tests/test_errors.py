@@ -12,10 +12,11 @@ import torch
 
 from diffusion_lib import NoiseSchedule, ddpm_step, sample, sample_loop
 from diffusion_lib.data import mnist, mnist_images, toy_data
-from diffusion_lib.losses import step_loss
+from diffusion_lib.elbo import step_loss
+from diffusion_lib.fit import fit
 from diffusion_lib.metrics import mmd, sliced_wasserstein
 from diffusion_lib.models import MLPDenoiser, sinusoidal_embedding
-from diffusion_lib.train import fit
+from diffusion_lib.parameterization import eps_from_v, eps_from_x0, v_from_eps, x0_from_eps, x0_from_v
 
 T = 10
 
@@ -87,11 +88,11 @@ T_USERS = {
     "q_sample": lambda s, t: s.q_sample(X, t, X),
     "q_step": lambda s, t: s.q_step(X, t, X),
     "posterior": lambda s, t: s.posterior(X, X, t),
-    "x0_from_eps": lambda s, t: s.x0_from_eps(X, t, X),
-    "eps_from_x0": lambda s, t: s.eps_from_x0(X, t, X),
-    "v_from_eps": lambda s, t: s.v_from_eps(X, t, X),
-    "x0_from_v": lambda s, t: s.x0_from_v(X, t, X),
-    "eps_from_v": lambda s, t: s.eps_from_v(X, t, X),
+    "x0_from_eps": lambda s, t: x0_from_eps(s, X, t, X),
+    "eps_from_x0": lambda s, t: eps_from_x0(s, X, t, X),
+    "v_from_eps": lambda s, t: v_from_eps(s, X, t, X),
+    "x0_from_v": lambda s, t: x0_from_v(s, X, t, X),
+    "eps_from_v": lambda s, t: eps_from_v(s, X, t, X),
 }
 
 
@@ -128,11 +129,11 @@ SHAPE_USERS = {
     "q_sample": (lambda s, a, b: s.q_sample(a, 1, b), "x0", "noise"),
     "q_step": (lambda s, a, b: s.q_step(a, 1, b), "x_prev", "noise"),
     "posterior": (lambda s, a, b: s.posterior(a, b, 1), "x0", "xt"),
-    "x0_from_eps": (lambda s, a, b: s.x0_from_eps(a, 1, b), "xt", "eps"),
-    "eps_from_x0": (lambda s, a, b: s.eps_from_x0(a, 1, b), "xt", "x0"),
-    "v_from_eps": (lambda s, a, b: s.v_from_eps(a, 1, b), "x0", "eps"),
-    "x0_from_v": (lambda s, a, b: s.x0_from_v(a, 1, b), "xt", "v"),
-    "eps_from_v": (lambda s, a, b: s.eps_from_v(a, 1, b), "xt", "v"),
+    "x0_from_eps": (lambda s, a, b: x0_from_eps(s, a, 1, b), "xt", "eps"),
+    "eps_from_x0": (lambda s, a, b: eps_from_x0(s, a, 1, b), "xt", "x0"),
+    "v_from_eps": (lambda s, a, b: v_from_eps(s, a, 1, b), "x0", "eps"),
+    "x0_from_v": (lambda s, a, b: x0_from_v(s, a, 1, b), "xt", "v"),
+    "eps_from_v": (lambda s, a, b: eps_from_v(s, a, 1, b), "xt", "v"),
     "ddpm_step eps": (lambda s, a, b: ddpm_step(s, b, 1, a, a), "xt", "eps"),
     "ddpm_step noise": (lambda s, a, b: ddpm_step(s, a, 1, a, b), "xt", "noise"),
 }

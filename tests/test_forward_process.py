@@ -13,6 +13,7 @@ import torch
 
 from diffusion_lib import NoiseSchedule
 from diffusion_lib.data import data_root, mnist_images
+from diffusion_lib.parameterization import eps_from_v, eps_from_x0, v_from_eps, x0_from_eps, x0_from_v
 
 Z = 5.0  # tolerance of every Monte Carlo comparison, in standard errors
 
@@ -239,11 +240,11 @@ def test_eps_x0_v_conversions_agree_with_definitions():
     v = a.sqrt() * eps - (1 - a).sqrt() * x0
     # x0 from eps divides by sqrt(alpha_bar), as small as 5e-5 here: rounding grows by up to 2e4.
     torch.testing.assert_close(schedule.q_sample(x0, t, eps), xt, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(schedule.x0_from_eps(xt, t, eps), x0, rtol=0, atol=1e-10)
-    torch.testing.assert_close(schedule.eps_from_x0(xt, t, x0), eps, rtol=0, atol=1e-10)
-    torch.testing.assert_close(schedule.v_from_eps(x0, t, eps), v, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(schedule.x0_from_v(xt, t, v), x0, rtol=0, atol=1e-13)
-    torch.testing.assert_close(schedule.eps_from_v(xt, t, v), eps, rtol=0, atol=1e-13)
+    torch.testing.assert_close(x0_from_eps(schedule, xt, t, eps), x0, rtol=0, atol=1e-10)
+    torch.testing.assert_close(eps_from_x0(schedule, xt, t, x0), eps, rtol=0, atol=1e-10)
+    torch.testing.assert_close(v_from_eps(schedule, x0, t, eps), v, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(x0_from_v(schedule, xt, t, v), x0, rtol=0, atol=1e-13)
+    torch.testing.assert_close(eps_from_v(schedule, xt, t, v), eps, rtol=0, atol=1e-13)
 
 
 def test_v_is_the_derivative_of_x_t_along_the_angle():
@@ -254,7 +255,7 @@ def test_v_is_the_derivative_of_x_t_along_the_angle():
     for t, phi in enumerate((0.3, 0.9, 1.4)):
         h = 1e-6
         derivative = math.cos(phi + h) * x0 + math.sin(phi + h) * eps - math.cos(phi - h) * x0 - math.sin(phi - h) * eps
-        v = schedule.v_from_eps(x0[None], t, eps[None])[0]
+        v = v_from_eps(schedule, x0[None], t, eps[None])[0]
         torch.testing.assert_close(v, derivative / (2 * h), rtol=0, atol=1e-8)
 
 

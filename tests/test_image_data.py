@@ -5,16 +5,14 @@ exact on-disk layouts; MNIST uses the real files when they are there.
 """
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from diffusion_lib.data import IN_MEMORY, as_tensors, image_dataset
+from diffusion_lib.data import IN_MEMORY, as_tensors, from_bytes, image_dataset, to_bytes
 
-MNIST_ROOT = Path("/work/shared/data")
 CIFAR_TRAIN_PER_BATCH = 2  # 5 batches: 10 training images
 CIFAR_TEST = 3
 
@@ -189,17 +187,15 @@ def test_digits_split_range_and_labels():
     torch.testing.assert_close(image[0], torch.tensor(bunch.images[3], dtype=torch.float32) / 8 - 1)
 
 
-def test_mnist_matches_the_raw_files():
-    if not (MNIST_ROOT / "MNIST" / "raw").is_dir():
-        pytest.skip(f"the MNIST files are not in {MNIST_ROOT}/MNIST/raw")
-    raw = np.fromfile(MNIST_ROOT / "MNIST" / "raw" / "t10k-images-idx3-ubyte", dtype=np.uint8, offset=16)
-    dataset = image_dataset("mnist", train=False, root=MNIST_ROOT)
-    assert len(dataset) == 10_000 and len(image_dataset("mnist", root=MNIST_ROOT)) == 60_000
+def test_mnist_matches_the_raw_files(mnist_root):
+    raw = np.fromfile(mnist_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte", dtype=np.uint8, offset=16)
+    dataset = image_dataset("mnist", train=False, root=mnist_root)
+    assert len(dataset) == 10_000 and len(image_dataset("mnist", root=mnist_root)) == 60_000
     image, label = dataset[0]
     assert image.shape == (1, 28, 28) and image.dtype == torch.float32 and label == 7
     torch.testing.assert_close(image[0], signed(torch.tensor(raw[:784].reshape(28, 28), dtype=torch.float32)))
     assert image.min() == -1 and image.max() == 1
-    assert image_dataset("mnist", train=False, root=MNIST_ROOT, image_size=32)[0][0].shape == (1, 32, 32)
+    assert image_dataset("mnist", train=False, root=mnist_root, image_size=32)[0][0].shape == (1, 32, 32)
 
 
 def test_in_memory_sets_are_known_names():
@@ -255,3 +251,14 @@ def test_folder_needs_image_size(tmp_path):
     save_png(tmp_path / "a.png", np.zeros((8, 8, 3)))
     with pytest.raises(ValueError, match="image_size"):
         image_dataset(f"folder:{tmp_path}")
+
+
+def test_pixel_levels_round_trip():
+    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    signed_levels = from_bytes(levels)
+    assert signed_levels.dtype == torch.float32
+    assert signed_levels.min() == -1 and signed_levels.max() == 1
+    assert (signed_levels.flatten().diff() > 0).all()
+    assert torch.equal(to_bytes(signed_levels), levels)
+    clamped = to_bytes(torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0]))
+    assert torch.equal(clamped, torch.tensor([0, 0, 128, 255, 255], dtype=torch.uint8))

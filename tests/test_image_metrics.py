@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import linalg as scipy_linalg
 
 from diffusion_lib.metrics import (
     class_fractions,
@@ -22,8 +23,6 @@ from diffusion_lib.metrics import (
     gaussian_statistics,
     nearest_neighbours,
 )
-
-scipy_linalg = pytest.importorskip("scipy.linalg", reason="scipy (a test-only oracle) is not installed")
 
 f64 = torch.float64
 

@@ -17,18 +17,18 @@ import pytest
 import torch
 
 import diffusion_lib.checkpoints as checkpoints
-import diffusion_lib.train as train_module
-from diffusion_lib.losses import PREDICTIONS, denoising_loss, prediction_target
-from diffusion_lib.sampling import as_eps_model
-from diffusion_lib.schedules import NoiseSchedule
-from diffusion_lib.train import (
+import diffusion_lib.engine as train_module
+from diffusion_lib.engine import (
     TrainConfig,
     build_unet,
     epoch_batches,
-    parse_config,
     train,
     warmup_cosine_learning_rate,
 )
+from diffusion_lib.losses import denoising_loss
+from diffusion_lib.parameterization import PREDICTIONS, as_eps_model, prediction_target
+from diffusion_lib.schedules import NoiseSchedule
+from diffusion_lib.train import parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(

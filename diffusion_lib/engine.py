@@ -1,0 +1,346 @@
+"""The training engine of image U-Nets: :func:`train` minimises the denoising loss (eq. `l-simple`) with
+AdamW, a linear warm-up then a half-cosine learning rate, gradient clipping
+and an exponential moving average (EMA) of the weights. On CUDA it runs the
+network in bfloat16 autocast, channels-last and compiled. It writes
+safetensors checkpoints and resumes exactly: every batch and every draw of
+(t, eps) is a function of (seed, step), and the checkpoint restores the
+weights, the EMA, the optimizer's moments and the global generators (which
+dropout draws from). Under ``torchrun`` it trains with DistributedDataParallel,
+each process taking its share of the same global batch.
+
+Its command line is :mod:`diffusion_lib.train`.
+"""
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from . import checkpoints, data
+from .fit import cosine_learning_rate, optimisation_step
+from .losses import denoising_loss
+from .models.unet import UNet
+from .parameterization import PREDICTIONS, as_eps_model
+from .sampling import sample
+from .schedules import NoiseSchedule
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; each field is also a command-line option."""
+
+    dataset: str = "mnist"
+    out: str = "runs/mnist"
+    root: str | None = None
+    image_size: int | None = None
+    batch_size: int = 128
+    steps: int | None = None
+    epochs: int | None = None
+    lr: float = 2e-4
+    warmup: int = 500
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    schedule: str = "linear"
+    T: int = 1000
+    prediction: str = "eps"
+    channels: int = 64
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    blocks_per_level: int = 2
+    attention_resolutions: tuple[int, ...] = (7,)
+    dropout: float = 0.1
+    seed: int = 0
+    device: str | None = None
+    bf16: bool | None = None
+    compile: bool | None = None
+    compile_mode: str | None = None
+    checkpoint_every: int = 1000
+    sample_every: int = 0
+    sample_steps: int = 100
+    log_every: int = 50
+    time_budget: float | None = None
+    workers: int = 4
+
+    def model_kwargs(self):
+        """The U-Net's keyword arguments."""
+        names = ("channels", "channel_mults", "blocks_per_level", "attention_resolutions", "dropout")
+        return {name: getattr(self, name) for name in names}
+
+
+def build_unet(config, image_shape):
+    """The U-Net a config describes, for images of shape (C, H, W)."""
+    channels, size, _ = image_shape
+    return UNet(image_channels=channels, image_size=size, **config.model_kwargs())
+
+
+def warmup_cosine_learning_rate(lr, step, steps, warmup):
+    """Linear warm-up from lr / warmup to lr over `warmup` steps, then a half-cosine decay to 0."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return cosine_learning_rate(lr, step - warmup, max(steps - warmup, 1))
+
+
+@torch.no_grad()
+def ema_update(ema, model, decay):
+    """theta_ema <- decay theta_ema + (1 - decay) theta, parameter by parameter."""
+    ema_params, params = list(ema.parameters()), list(model.parameters())
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+
+
+def epoch_batches(n, batch_size, seed, start_step):
+    """Yield the index tensor of every global batch from start_step on: a fresh permutation per epoch.
+
+    The permutation of epoch e depends only on (seed, e), so a resumed run
+    sees the same batches as an uninterrupted one; the last partial batch of
+    each epoch is dropped.
+    """
+    steps_per_epoch = n // batch_size
+    epoch, position = divmod(start_step, steps_per_epoch)
+    while True:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        for i in range(position, steps_per_epoch):
+            yield order[i * batch_size : (i + 1) * batch_size]
+        epoch, position = epoch + 1, 0
+
+
+def step_noise(config, step, shape, device):
+    """The (t, eps) of a global batch at a step: a function of (seed, step) only."""
+    generator = torch.Generator(device).manual_seed(config.seed * 1_000_003 + step)
+    t = torch.randint(0, config.T, shape[:1], generator=generator, device=device)
+    return t, torch.randn(shape, generator=generator, device=device)
+
+
+class Process:
+    """This process's place in a run: rank, number of processes and device (one process unless under torchrun)."""
+
+    def __init__(self, device):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.world_size > 1:
+            if device.type == "cuda":
+                device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+                torch.cuda.set_device(device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        self.device = device
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def agree(self, decision):
+        """Process 0's decision, shared by all, so that every process stops at the same step."""
+        if self.world_size == 1:
+            return decision
+        flag = torch.tensor([float(decision)], device=self.device)
+        dist.broadcast(flag, 0)
+        return bool(flag.item())
+
+    def share(self, indices):
+        """This process's contiguous slice of a global batch."""
+        size = len(indices) // self.world_size
+        return indices[self.rank * size : (self.rank + 1) * size]
+
+
+class LossLog:
+    """The training curve: every log record, and the loss summed since the last one."""
+
+    def __init__(self, history=(), loss_sum=0.0, steps=0):
+        self.history, self.loss_sum, self.steps = list(history), loss_sum, steps
+        self.window_start = time.perf_counter()
+
+    def add(self, loss):
+        self.loss_sum = self.loss_sum + loss.detach()  # stays on the device until the next record
+        self.steps += 1
+
+    def record(self, step, lr, batch_size, seconds):
+        """Append {step, loss (mean over the window), lr, images_per_second, seconds} and start a new window."""
+        elapsed = time.perf_counter() - self.window_start
+        record = {
+            "step": step,
+            "loss": float(self.loss_sum) / self.steps,
+            "lr": lr,
+            "images_per_second": self.steps * batch_size / elapsed,
+            "seconds": seconds,
+        }
+        self.history.append(record)
+        self.loss_sum, self.steps, self.window_start = 0.0, 0, time.perf_counter()
+        return record
+
+    def window(self):
+        """The open window, for a checkpoint: a resumed run then logs the same losses as an uninterrupted one."""
+        return {"loss_sum": float(self.loss_sum), "steps": self.steps}
+
+
+def _batches(dataset, in_memory, process, config, start_step):
+    """x_0 batches (this process's share, on its device) from start_step on."""
+    global_batches = epoch_batches(len(dataset), config.batch_size, config.seed, start_step)
+    order = (process.share(indices) for indices in global_batches)
+    if in_memory is not None:
+        return (in_memory[indices.to(in_memory.device)] for indices in order)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=order, num_workers=config.workers, pin_memory=process.device.type == "cuda"
+    )
+    return (images.to(process.device, non_blocking=True) for images, _ in loader)
+
+
+def _check(config, dataset_size):
+    if config.prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {config.prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+    if (config.steps is None) == (config.epochs is None):
+        raise ValueError(f"give exactly one of steps and epochs, got steps={config.steps}, epochs={config.epochs}")
+    if config.batch_size > dataset_size:
+        raise ValueError(f"batch_size ({config.batch_size}) exceeds the data set's size ({dataset_size})")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the process count ({world_size})")
+
+
+def train(config):
+    """Train (or resume) the run that config describes; returns a summary dict.
+
+    Stops when the planned steps are done or, cleanly and with a checkpoint,
+    when ``config.time_budget`` seconds have passed; calling it again with the
+    same config continues. Writes to ``config.out``: checkpoint.safetensors,
+    ema.safetensors (the EMA weights), history.json (the loss every
+    ``log_every`` steps) and, every ``sample_every`` epochs, a grid
+    samples_epoch_N.png drawn by the EMA network with ``sample_steps`` steps.
+    """
+    process = Process(config.device)
+    device, out = process.device, Path(config.out)
+    cuda = device.type == "cuda"
+    bf16 = cuda if config.bf16 is None else config.bf16
+    compiled = cuda if config.compile is None else config.compile
+
+    dataset = data.image_dataset(config.dataset, root=config.root, image_size=config.image_size)
+    _check(config, len(dataset))
+    in_memory = data.as_tensors(dataset)[0].to(device) if config.dataset in data.IN_MEMORY else None
+    image_shape = tuple(dataset[0][0].shape)
+    steps_per_epoch = len(dataset) // config.batch_size
+    total_steps = config.steps or config.epochs * steps_per_epoch
+
+    torch.manual_seed(config.seed)  # the initial weights, and the dropout masks from here on
+    model = build_unet(config, image_shape).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0, fused=cuda or None)
+    schedule = NoiseSchedule.named(config.schedule, T=config.T).to(device)
+
+    step, seconds, log = 0, 0.0, LossLog()
+    if (out / "checkpoint.safetensors").exists():
+        step, seconds, log = _resume(out / "checkpoint.safetensors", config, model, ema, optimizer, device)
+
+    network = model
+    if process.world_size > 1:
+        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if cuda else None)
+    if compiled:
+        network = torch.compile(network, mode=config.compile_mode)
+
+    batches = _batches(dataset, in_memory, process, config, step)
+    quiet = {} if process.main else {"disable": True}  # on the main process, TQDM_DISABLE=1 may still silence it
+    progress = tqdm(total=total_steps, initial=step, desc="training", unit="step", **quiet)
+    started = time.perf_counter()
+    stopped_early = False
+    model.train()
+    while step < total_steps:
+        if process.agree(config.time_budget is not None and time.perf_counter() - started > config.time_budget):
+            stopped_early = True
+            break
+        x0 = next(batches)
+        x0 = x0.contiguous(memory_format=torch.channels_last) if cuda else x0
+        t, eps = step_noise(config, step, (config.batch_size, *image_shape), device)
+        t, eps = process.share(t), process.share(eps)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = denoising_loss(network, schedule, x0, t, eps, config.prediction)
+        optimisation_step(optimizer, loss, warmup_cosine_learning_rate(config.lr, step, total_steps, config.warmup),
+                          config.grad_clip)  # fmt: skip
+        ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
+        log.add(loss)
+        step += 1
+
+        if step % config.log_every == 0 or step == total_steps:
+            lr = optimizer.param_groups[0]["lr"]
+            record = log.record(step, lr, config.batch_size, seconds + time.perf_counter() - started)
+            progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_second']:.0f}")
+        progress.update(1)
+        if process.main and step % config.checkpoint_every == 0:
+            _save(out, config, model, ema, optimizer, step, seconds + time.perf_counter() - started, log, device)
+        if process.main and config.sample_every and step % (config.sample_every * steps_per_epoch) == 0:
+            _sample_grid(ema, schedule, config, image_shape, out / f"samples_epoch_{step // steps_per_epoch}.png")
+    progress.close()
+
+    seconds += time.perf_counter() - started
+    if process.main:
+        _save(out, config, model, ema, optimizer, step, seconds, log, device)
+        meta = {"config": dataclasses.asdict(config), "step": step}
+        checkpoints.save(out / "ema.safetensors", ema.state_dict(), meta)
+        (out / "history.json").write_text(json.dumps(log.history, indent=1))
+    if process.world_size > 1:
+        dist.barrier()
+    return {
+        "steps": step,
+        "total_steps": total_steps,
+        "complete": not stopped_early,
+        "seconds": seconds,
+        "final_loss": log.history[-1]["loss"] if log.history else None,
+        "device": str(device),
+        "image_shape": image_shape,
+    }
+
+
+def _save(out, config, model, ema, optimizer, step, seconds, log, device):
+    optimizer_tensors, param_groups = checkpoints.optimizer_state(optimizer)
+    tensors = {
+        **checkpoints.prefixed("model", model.state_dict()),
+        **checkpoints.prefixed("ema", ema.state_dict()),
+        **checkpoints.prefixed("optimizer", optimizer_tensors),
+        **checkpoints.prefixed("rng", checkpoints.rng_states(device)),
+    }
+    meta = {
+        "config": dataclasses.asdict(config),
+        "step": step,
+        "seconds": seconds,
+        "history": log.history,
+        "window": log.window(),
+        "param_groups": param_groups,
+    }
+    checkpoints.save(out / "checkpoint.safetensors", tensors, meta)
+
+
+def _resume(path, config, model, ema, optimizer, device):
+    tensors, meta = checkpoints.load(path, device)
+    saved = TrainConfig(**{**meta["config"], "time_budget": config.time_budget})
+    if _defining(saved) != _defining(config):
+        raise ValueError(f"{path} was written by a run with another config; use another --out or delete it")
+    model.load_state_dict(checkpoints.unprefixed("model", tensors))
+    ema.load_state_dict(checkpoints.unprefixed("ema", tensors))
+    checkpoints.restore_optimizer(optimizer, checkpoints.unprefixed("optimizer", tensors), meta["param_groups"])
+    checkpoints.restore_rng_states(checkpoints.unprefixed("rng", tensors), device)
+    return meta["step"], meta["seconds"], LossLog(meta["history"], **meta["window"])
+
+
+def _defining(config):
+    """The fields that change what a run computes (not where or how fast it runs)."""
+    ignored = {
+        *("time_budget", "device", "workers", "compile", "compile_mode"),
+        *("checkpoint_every", "sample_every", "log_every", "root", "out"),
+    }
+    return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(config))).items() if k not in ignored}
+
+
+@torch.no_grad()
+def _sample_grid(ema, schedule, config, image_shape, path):
+    from torchvision.utils import save_image
+
+    generator = torch.Generator(schedule.betas.device).manual_seed(config.seed)
+    model = as_eps_model(ema, schedule, config.prediction)
+    images = sample(model, schedule, (64, *image_shape), generator, config.sample_steps, device=schedule.betas.device)
+    save_image((images.clamp(-1, 1) + 1) / 2, path, nrow=8)

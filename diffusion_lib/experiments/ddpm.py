@@ -1,0 +1,139 @@
+"""Diffusion models trained by the engine (chapter 6), their samples drawn in resumable chunks, and their evaluation."""
+
+import json
+import shutil
+import time
+
+import torch
+
+from .. import checkpoints, data, store
+from ..engine import TrainConfig, build_unet, train
+from ..evaluation import evaluate_samples
+from ..parameterization import as_eps_model
+from ..sampling import sample
+from ..schedules import NoiseSchedule
+
+
+def train_config(experiment):
+    """The TrainConfig of a diffusion experiment."""
+    return TrainConfig(**experiment.config["train"])
+
+
+def make_unet(experiment, meta):
+    """The experiment's U-Net, for the image shape stored in meta."""
+    return build_unet(train_config(experiment), tuple(meta["image_shape"]))
+
+
+def open_diffusion(experiment, network, meta):
+    """What a loaded diffusion artifact offers: the callable (x, t) -> eps, its schedule and image shape."""
+    config = train_config(experiment)
+    schedule = NoiseSchedule.named(config.schedule, T=config.T)
+    return {
+        "model": as_eps_model(network, schedule, config.prediction),
+        "schedule": schedule,
+        "image_shape": tuple(meta["image_shape"]),
+    }
+
+
+def build_ddpm(experiment, folder, device, time_budget, needed):
+    """Train (resumably) in folder/run, draw the evaluation samples in chunks, judge them; returns the meta.
+
+    Returns None when the time budget ran out first; the next call continues.
+    """
+    started = time.perf_counter()
+    run = folder / "run"
+    forget_other_runs(run, experiment.config)
+    config = TrainConfig(
+        **{**experiment.config["train"], "out": str(run), "device": str(device), "time_budget": time_budget}
+    )
+    summary = train(config)
+    if not summary["complete"]:
+        print(f"{experiment.name}: trained {summary['steps']}/{summary['total_steps']} steps; run the build again")
+        return None
+    meta = {"image_shape": list(summary["image_shape"])}
+    network = make_unet(experiment, meta).to(device)
+    network.load_state_dict(checkpoints.load(run / "ema.safetensors", device)[0])
+    network.eval().requires_grad_(False)
+    opened = open_diffusion(experiment, network, meta)
+    eps_model, schedule = opened["model"], opened["schedule"].to(device)
+
+    evaluation = experiment.config["evaluation"]
+    left = None if time_budget is None else time_budget - (time.perf_counter() - started)
+    shape = tuple(summary["image_shape"])
+    samples, sampling_seconds = sample_in_chunks(eps_model, schedule, shape, evaluation, run, left)
+    if samples is None:
+        print(f"{experiment.name}: sampling not finished; run the build again", flush=True)
+        return None
+    trajectory = filmstrip(eps_model, schedule, shape, evaluation["seed"], device)
+
+    found = evaluate_samples(samples.to(device), needed["mnist-classifier"].model.to(device), device)
+    found.update(sampling_steps=evaluation["sampling_steps"], sampling_seconds=sampling_seconds)
+    store.save_weights(folder, {k: v.half() for k, v in network.state_dict().items()})
+    store.save_json(folder, "metrics.json", found)
+    store.save_tensors(folder, "samples.safetensors", {"samples": data.to_bytes(samples), "trajectory": trajectory})
+    store.save_json(folder, "history.json", json.loads((run / "history.json").read_text()))
+    store.save_grid(folder, "samples.png", samples[:100], nrow=10)
+    print(f"{experiment.name}: {json.dumps({k: v for k, v in found.items() if k != 'class_fractions'})}", flush=True)
+    return {
+        **meta,
+        "seconds": summary["seconds"] + sampling_seconds,
+        "train_seconds": summary["seconds"],
+        "steps": summary["steps"],
+        "final_loss": summary["final_loss"],
+        "parameters": sum(p.numel() for p in network.parameters()),
+    }
+
+
+def forget_other_runs(run, config):
+    """Clear what run/ holds from another config: all of it if training differs, the samples if evaluation does."""
+    config = json.loads(json.dumps(config))
+    stamp = run / "experiment.json"
+    if stamp.exists():
+        before = json.loads(stamp.read_text())
+        if before["train"] != config["train"]:
+            shutil.rmtree(run)
+        elif before["evaluation"] != config["evaluation"]:
+            for chunk in run.glob("samples_*.safetensors"):
+                chunk.unlink()
+    run.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(config))
+
+
+@torch.no_grad()
+def sample_in_chunks(eps_model, schedule, image_shape, evaluation, run, time_budget):
+    """Draw evaluation["num_samples"] images chunk by chunk, each chunk saved, so that sampling can resume.
+
+    Returns (samples in [-1, 1] quantised to 8 bits, seconds spent sampling), or (None, None) when the time
+    budget ran out first.
+    """
+    started, device = time.perf_counter(), schedule.betas.device
+    chunks = range(evaluation["num_samples"] // evaluation["batch_size"])
+    for chunk in chunks:
+        file = run / f"samples_{chunk}.safetensors"
+        if file.exists():
+            continue
+        if time_budget is not None and time.perf_counter() - started > time_budget:
+            return None, None
+        chunk_started = time.perf_counter()
+        generator = torch.Generator(device).manual_seed(evaluation["seed"] * 1_000_003 + chunk)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            x = sample(
+                eps_model, schedule, (evaluation["batch_size"], *image_shape), generator,
+                evaluation["sampling_steps"], device=device,
+            )  # fmt: skip
+        pixels = data.to_bytes(x).cpu()  # waits for the device, so the time below is the sampling's
+        seconds = time.perf_counter() - chunk_started
+        checkpoints.save(file, {"samples": pixels}, {"seconds": seconds})
+        print(f"sampled chunk {chunk + 1}/{len(chunks)} in {seconds:.1f} s", flush=True)
+    stored = [checkpoints.load(run / f"samples_{chunk}.safetensors") for chunk in chunks]
+    samples = torch.cat([tensors["samples"] for tensors, _ in stored])
+    return data.from_bytes(samples), sum(meta["seconds"] for _, meta in stored)
+
+
+@torch.no_grad()
+def filmstrip(eps_model, schedule, image_shape, seed, device, num_images=10, frames=11):
+    """x_t of a few samples at `frames` evenly spaced steps of the reverse process, float16 (frames, n, C, H, W)."""
+    generator = torch.Generator(device).manual_seed(seed)
+    states = sample(eps_model, schedule, (num_images, *image_shape), generator, trajectory=True, device=device)
+    keep = torch.linspace(0, len(states) - 1, frames).round().long()
+    return states[keep].half().cpu()

@@ -1,0 +1,84 @@
+"""Small in-memory fitting: the denoiser of two-dimensional data and classifiers, on one shared optimisation step.
+
+The image training engine (:mod:`diffusion_lib.engine`) takes its steps with
+the same :func:`optimisation_step`.
+"""
+
+import math
+
+import torch
+
+from .losses import l_simple
+
+
+def cosine_learning_rate(lr, step, steps):
+    """The learning rate at a step (0-indexed) of a half-cosine decay from lr to 0 over `steps` steps."""
+    return lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def optimisation_step(optimizer, loss, lr, grad_clip=None):
+    """Set the learning rate, back-propagate the loss, clip the gradient's global norm at grad_clip, step."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+
+
+def _check_positive(**values):
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def fit(model, schedule, data, steps=2000, batch_size=256, lr=1e-3, generator=None, decay=True):
+    """Adam on L_simple over random minibatches of ``data`` (Ho et al. 2020, Algorithm 1), eq. `l-simple`.
+
+    Each step draws a minibatch of x_0 from ``data`` (with replacement), lets
+    :func:`l_simple` draw t and eps, and takes one Adam step. With ``decay``
+    the learning rate falls from ``lr`` to 0 along a half cosine
+    (:func:`cosine_learning_rate`), so that the last steps are small and
+    average out the noise of the stochastic gradient. Returns the loss of
+    every step as a list of floats; the model is left in eval mode.
+    """
+    _check_positive(steps=steps, batch_size=batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    model.train()
+    for step in range(steps):
+        batch = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
+        loss = l_simple(model, schedule, batch, generator)
+        optimisation_step(optimizer, loss, cosine_learning_rate(lr, step, steps) if decay else lr)
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def fit_classifier(model, images, labels, epochs=5, batch_size=128, lr=1e-3, generator=None):
+    """Adam on the cross-entropy of model(images) against labels, with a half-cosine learning rate.
+
+    Each epoch visits the images in a fresh random order drawn from
+    ``generator``, in batches of batch_size (the last partial batch dropped).
+    Returns the mean loss of each epoch; the model is left in eval mode.
+    """
+    _check_positive(epochs=epochs, batch_size=batch_size)
+    batches_per_epoch = len(images) // batch_size
+    if batches_per_epoch < 1:
+        raise ValueError(f"batch_size ({batch_size}) exceeds the number of images ({len(images)})")
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    steps, losses = epochs * batches_per_epoch, []
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(images), generator=generator).to(images.device)
+        total = 0.0
+        for i in range(batches_per_epoch):
+            batch = order[i * batch_size : (i + 1) * batch_size]
+            loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
+            optimisation_step(optimizer, loss, cosine_learning_rate(lr, epoch * batches_per_epoch + i, steps))
+            total += loss.detach()
+        losses.append(float(total) / batches_per_epoch)
+    model.eval()
+    return losses
