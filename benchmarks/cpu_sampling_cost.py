@@ -19,9 +19,9 @@ from diffusion_lib.sampling import sample
 def seconds_per_step(model, schedule, batch_size, steps=5):
     """Mean wall time of one reverse step at a batch size, over `steps` steps after one warm-up step."""
     generator = torch.Generator().manual_seed(0)
-    sample(model, schedule, (batch_size, 1, 28, 28), generator, num_steps=2)
+    sample(model, schedule, (batch_size, 1, 28, 28), generator=generator, num_steps=2)
     started = time.perf_counter()
-    sample(model, schedule, (batch_size, 1, 28, 28), generator, num_steps=steps)
+    sample(model, schedule, (batch_size, 1, 28, 28), generator=generator, num_steps=steps)
     return (time.perf_counter() - started) / steps
 
 

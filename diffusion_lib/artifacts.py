@@ -17,13 +17,18 @@ import argparse
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from . import store
+from . import checkpoints, store
+from .engine import build_unet
 from .experiments import EXPERIMENTS
+from .parameterization import as_eps_model
+from .sampling import sample
 from .schedules import NoiseSchedule
+from .train_config import TrainConfig
 
 
 def experiment(name):
@@ -59,6 +64,24 @@ class Artifact:
         """The training curve: a list of {step, loss, lr, images_per_second, seconds}."""
         return json.loads((self.path / "history.json").read_text())
 
+    @torch.no_grad()
+    def sample(self, n, sampler="ddpm", steps=None, eta=0.0, seed=0, device="cpu", labels=None, progress=False):
+        """n images (n, C, H, W) in [-1, 1] (clamped) from this diffusion model, on the CPU in float32.
+
+        ``steps`` respaces the chain (all T steps when None); ``labels`` (n,) conditions a conditional model.
+        The same seed gives the same images.
+        """
+        if self.schedule is None:
+            raise ValueError(f"artifact {self.name!r} is not a diffusion model; it cannot sample")
+        model = self.model.to(device) if isinstance(self.model, torch.nn.Module) else self.model
+        if labels is not None:
+            labels = torch.as_tensor(labels, device=device)
+            conditional, model = model, lambda x, t: conditional(x, t, labels)
+        generator = torch.Generator(device).manual_seed(seed)
+        x = sample(model, self.schedule.to(device), (n, *self.image_shape), sampler=sampler, num_steps=steps,
+                   eta=eta, generator=generator, device=device, progress=progress)  # fmt: skip
+        return x.clamp(-1, 1).float().cpu()
+
 
 def load(name):
     """Load the named artifact, checking that it exists, is intact and matches its definition.
@@ -80,15 +103,33 @@ def load(name):
             f"artifact {name!r} was built from another config (hash {meta['config_hash']}, now "
             f"{store.config_hash(exp.config)}); rebuild it with: {rebuild_hint(name)}"
         )
-    network = exp.make_model(exp, meta)
-    try:
-        network.load_state_dict({k: v.float() for k, v in load_file(path / "weights.safetensors").items()})
-    except RuntimeError as error:
-        hint = rebuild_hint(name)
-        raise ValueError(f"artifact {name!r} does not fit its model ({error}); rebuild it with: {hint}") from error
-    network.eval().requires_grad_(False)
+    network = None if exp.make_model is None else exp.make_model(exp, meta)
+    if network is not None:
+        try:
+            network.load_state_dict({k: v.float() for k, v in load_file(path / "weights.safetensors").items()})
+        except RuntimeError as error:
+            hint = rebuild_hint(name)
+            raise ValueError(f"artifact {name!r} does not fit its model ({error}); rebuild it with: {hint}") from error
+        network.eval().requires_grad_(False)
     found = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
     return Artifact(name, path, meta=meta, metrics=found, status=state, **exp.open(exp, network, meta))
+
+
+def load_run(folder):
+    """A training run folder's EMA network as an Artifact (status "run"), to sample from like a stored one."""
+    path = Path(folder)
+    if not (path / "ema.safetensors").exists():
+        raise FileNotFoundError(f"no training run in {path.resolve()}: it has no ema.safetensors (train it first)")
+    tensors, meta = checkpoints.load(path / "ema.safetensors")
+    if "image_shape" not in meta:
+        raise ValueError(f"{path / 'ema.safetensors'} records no image shape: train the run again to sample from it")
+    config = TrainConfig(**meta["config"])
+    network = build_unet(config, tuple(meta["image_shape"]), meta["num_classes"])
+    network.load_state_dict({k: v.float() for k, v in tensors.items()})
+    network.eval().requires_grad_(False)
+    schedule = NoiseSchedule.named(config.schedule, T=config.T)
+    model = as_eps_model(network, schedule, config.prediction)
+    return Artifact(path.name, path, model, meta, {}, "run", schedule, tuple(meta["image_shape"]))
 
 
 def status(name):
@@ -133,7 +174,7 @@ def build(name, device, time_budget=None):
     for needed in exp.needs:
         if status(needed)[0] == "missing" and not build(needed, device, time_budget):
             return False
-    remaining = None if time_budget is None else time_budget - (time.perf_counter() - started)
+    remaining = None if time_budget is None else max(0.0, time_budget - (time.perf_counter() - started))
     folder = store.root() / name
     extra = exp.build(exp, folder, torch.device(device), remaining, {needed: load(needed) for needed in exp.needs})
     if extra is None:
@@ -167,7 +208,7 @@ def main(argv=None):
         return
     started = time.perf_counter()
     for name in args.names:
-        left = None if args.time_budget is None else args.time_budget - (time.perf_counter() - started)
+        left = None if args.time_budget is None else max(0.0, args.time_budget - (time.perf_counter() - started))
         if not build(name, args.device, left):
             raise SystemExit(f"{name}: not finished within the time budget; run the same command again to continue")
 

@@ -55,6 +55,34 @@ def gaussian_mixture(n, generator=None, modes=8, radius=0.75, std=0.05):
 TOY_DATASETS = {"moons": two_moons, "swiss_roll": swiss_roll, "gaussian_mixture": gaussian_mixture}
 
 
+def toy_mixture(name, resolution=4096):
+    """The named toy distribution as a mixture of N(mu_k, std^2 I): (means (K, 2), std, weights (K,)).
+
+    Exact for "gaussian_mixture" (8 components). The moons and the swiss roll
+    are a curve plus Gaussian noise; their mixture places ``resolution``
+    components at evenly spaced values of the curve's parameter (which the
+    data draw uniformly), each with the data's noise. The spacing of the
+    components is then far below that noise, so the mixture's exact denoiser
+    is the data's optimal denoiser up to that discretisation.
+    """
+    if name == "gaussian_mixture":
+        angle = 2 * math.pi * torch.arange(8, dtype=torch.float64) / 8
+        means = 0.75 * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+        return means, 0.05, torch.full((8,), 1 / 8, dtype=torch.float64)
+    u = (torch.arange(resolution, dtype=torch.float64) + 0.5) / resolution
+    if name == "swiss_roll":
+        theta = 1.5 * math.pi * (1 + 2 * u)
+        means = torch.stack([theta * torch.cos(theta), theta * torch.sin(theta)], dim=1) / 15
+        return means, 0.02, torch.full((resolution,), 1 / resolution, dtype=torch.float64)
+    if name == "moons":
+        angle = math.pi * u
+        upper = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+        lower = torch.stack([1 - torch.cos(angle), 0.5 - torch.sin(angle)], dim=1)
+        means = (torch.cat([upper, lower]) - torch.tensor([0.5, 0.25], dtype=torch.float64)) / 1.6
+        return means, 0.05, torch.full((2 * resolution,), 1 / (2 * resolution), dtype=torch.float64)
+    raise ValueError(f"unknown toy data set {name!r}; allowed: {', '.join(TOY_DATASETS)}")
+
+
 def toy_data(name, n, generator=None):
     """n points of the named toy distribution: "moons", "swiss_roll" or "gaussian_mixture"."""
     if name not in TOY_DATASETS:
@@ -254,6 +282,15 @@ def image_dataset(name, train=True, root=None, image_size=None, download=False):
     if name == "digits":
         return digits(train, image_size)
     raise ValueError(f"unknown image data set {name!r}; allowed: {', '.join(IMAGE_DATASETS)}")
+
+
+def num_classes(dataset):
+    """The number of classes of a data set whose items carry labels; a ValueError for one without."""
+    if getattr(dataset, "classes", None):
+        return len(dataset.classes)
+    if isinstance(dataset, LabelledTensors):
+        return int(dataset.tensors[1].max()) + 1
+    raise ValueError("this data set carries no class labels, so it cannot train a conditional model")
 
 
 def as_tensors(dataset, batch_size=1024):

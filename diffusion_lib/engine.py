@@ -16,8 +16,6 @@ import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -27,56 +25,22 @@ from . import checkpoints, data
 from .fit import cosine_learning_rate, optimisation_step
 from .losses import denoising_loss
 from .models.unet import UNet
-from .parameterization import PREDICTIONS, as_eps_model
+from .parameterization import as_eps_model
 from .sampling import sample
 from .schedules import NoiseSchedule
+from .train_config import TrainConfig, check, differences, run_folder
 
 
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run; each field is also a command-line option."""
-
-    dataset: str = "mnist"
-    out: str = "runs/mnist"
-    root: str | None = None
-    image_size: int | None = None
-    batch_size: int = 128
-    steps: int | None = None
-    epochs: int | None = None
-    lr: float = 2e-4
-    warmup: int = 500
-    grad_clip: float = 1.0
-    ema_decay: float = 0.9999
-    schedule: str = "linear"
-    T: int = 1000
-    prediction: str = "eps"
-    channels: int = 64
-    channel_mults: tuple[int, ...] = (1, 2, 2)
-    blocks_per_level: int = 2
-    attention_resolutions: tuple[int, ...] = (7,)
-    dropout: float = 0.1
-    seed: int = 0
-    device: str | None = None
-    bf16: bool | None = None
-    compile: bool | None = None
-    compile_mode: str | None = None
-    checkpoint_every: int = 1000
-    sample_every: int = 0
-    sample_steps: int = 100
-    log_every: int = 50
-    time_budget: float | None = None
-    workers: int = 4
-
-    def model_kwargs(self):
-        """The U-Net's keyword arguments."""
-        names = ("channels", "channel_mults", "blocks_per_level", "attention_resolutions", "dropout")
-        return {name: getattr(self, name) for name in names}
-
-
-def build_unet(config, image_shape):
-    """The U-Net a config describes, for images of shape (C, H, W)."""
+def build_unet(config, image_shape, num_classes=None):
+    """The U-Net a config describes, for images of shape (C, H, W) (and num_classes labels when conditional)."""
     channels, size, _ = image_shape
-    return UNet(image_channels=channels, image_size=size, **config.model_kwargs())
+    return UNet(image_channels=channels, image_size=size, num_classes=num_classes, **config.model_kwargs())
+
+
+def inference_network(model, device):
+    """A network (or any callable) as the samplers run it on a device: compiled by torch.compile, which here doubles
+    the CPU's image-steps per second at float32 precision (benchmarks/cpu_unet_throughput.py)."""
+    return torch.compile(model, dynamic=False)
 
 
 def warmup_cosine_learning_rate(lr, step, steps, warmup):
@@ -114,6 +78,15 @@ def step_noise(config, step, shape, device):
     generator = torch.Generator(device).manual_seed(config.seed * 1_000_003 + step)
     t = torch.randint(0, config.T, shape[:1], generator=generator, device=device)
     return t, torch.randn(shape, generator=generator, device=device)
+
+
+def null_label_mask(config, step, batch_size, device):
+    """Which labels of a global batch a conditional run replaces by the null label (each with probability
+    class_dropout): a function of (seed, step) only, drawn apart from (t, eps). Its seed is that of
+    :func:`step_noise` with the low 32 bits flipped by a constant, so the two differ in the 32 bits that a
+    CPU generator keeps."""
+    generator = torch.Generator(device).manual_seed((config.seed * 1_000_003 + step) ^ 0x9E3779B9)
+    return torch.rand(batch_size, generator=generator, device=device) < config.class_dropout
 
 
 class Process:
@@ -180,22 +153,19 @@ class LossLog:
 
 
 def _batches(dataset, in_memory, process, config, start_step):
-    """x_0 batches (this process's share, on its device) from start_step on."""
+    """(x_0, labels) batches (this process's share, on its device) from start_step on."""
     global_batches = epoch_batches(len(dataset), config.batch_size, config.seed, start_step)
     order = (process.share(indices) for indices in global_batches)
     if in_memory is not None:
-        return (in_memory[indices.to(in_memory.device)] for indices in order)
+        images, labels = in_memory
+        return ((images[indices.to(images.device)], labels[indices.to(labels.device)]) for indices in order)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=order, num_workers=config.workers, pin_memory=process.device.type == "cuda"
     )
-    return (images.to(process.device, non_blocking=True) for images, _ in loader)
+    return ((x.to(process.device, non_blocking=True), y.to(process.device)) for x, y in loader)
 
 
-def _check(config, dataset_size):
-    if config.prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {config.prediction!r}; allowed: {', '.join(PREDICTIONS)}")
-    if (config.steps is None) == (config.epochs is None):
-        raise ValueError(f"give exactly one of steps and epochs, got steps={config.steps}, epochs={config.epochs}")
+def _check_sizes(config, dataset_size):
     if config.batch_size > dataset_size:
         raise ValueError(f"batch_size ({config.batch_size}) exceeds the data set's size ({dataset_size})")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -204,30 +174,39 @@ def _check(config, dataset_size):
 
 
 def train(config):
-    """Train (or resume) the run that config describes; returns a summary dict.
+    """Train (or resume, or extend) the run that config describes; returns a summary dict.
 
     Stops when the planned steps are done or, cleanly and with a checkpoint,
     when ``config.time_budget`` seconds have passed; calling it again with the
-    same config continues. Writes to ``config.out``: checkpoint.safetensors,
-    ema.safetensors (the EMA weights), history.json (the loss every
-    ``log_every`` steps) and, every ``sample_every`` epochs, a grid
-    samples_epoch_N.png drawn by the EMA network with ``sample_steps`` steps.
+    same config continues. A finished run may be trained longer by asking for
+    more steps or epochs (the learning rate then follows the longer schedule
+    from where the run stopped); any other change of a defining setting is
+    refused, naming the fields that differ. Writes to the run folder
+    (:func:`~diffusion_lib.train_config.run_folder`): checkpoint.safetensors,
+    ema.safetensors (the EMA weights, with the config, image shape and number
+    of classes), history.json (the loss every ``log_every`` steps) and, every
+    ``sample_every`` epochs, a grid samples_epoch_N.png drawn by the EMA
+    network with ``sample_steps`` steps.
     """
+    check(config)
     process = Process(config.device)
-    device, out = process.device, Path(config.out)
+    device, out = process.device, run_folder(config)
     cuda = device.type == "cuda"
     bf16 = cuda if config.bf16 is None else config.bf16
     compiled = cuda if config.compile is None else config.compile
 
     dataset = data.image_dataset(config.dataset, root=config.root, image_size=config.image_size)
-    _check(config, len(dataset))
-    in_memory = data.as_tensors(dataset)[0].to(device) if config.dataset in data.IN_MEMORY else None
+    _check_sizes(config, len(dataset))
+    num_classes = data.num_classes(dataset) if config.conditional else None
+    in_memory = None
+    if config.dataset in data.IN_MEMORY:
+        in_memory = tuple(tensor.to(device) for tensor in data.as_tensors(dataset))
     image_shape = tuple(dataset[0][0].shape)
     steps_per_epoch = len(dataset) // config.batch_size
     total_steps = config.steps or config.epochs * steps_per_epoch
 
     torch.manual_seed(config.seed)  # the initial weights, and the dropout masks from here on
-    model = build_unet(config, image_shape).to(device)
+    model = build_unet(config, image_shape, num_classes).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -236,7 +215,14 @@ def train(config):
 
     step, seconds, log = 0, 0.0, LossLog()
     if (out / "checkpoint.safetensors").exists():
-        step, seconds, log = _resume(out / "checkpoint.safetensors", config, model, ema, optimizer, device)
+        step, seconds, log = _resume(out / "checkpoint.safetensors", config, total_steps, model, ema, optimizer, device)
+    summary = {"out": str(out), "steps": step, "total_steps": total_steps, "device": str(device),
+               "image_shape": image_shape, "num_classes": num_classes}  # fmt: skip
+    if step == total_steps:
+        if process.main:
+            print(f"{out} is already complete ({step} steps); nothing to do", flush=True)
+        return {**summary, "complete": True, "seconds": seconds, "final_loss": _final_loss(log)}
+    out.mkdir(parents=True, exist_ok=True)
 
     network = model
     if process.world_size > 1:
@@ -254,12 +240,17 @@ def train(config):
         if process.agree(config.time_budget is not None and time.perf_counter() - started > config.time_budget):
             stopped_early = True
             break
-        x0 = next(batches)
+        x0, labels = next(batches)
         x0 = x0.contiguous(memory_format=torch.channels_last) if cuda else x0
         t, eps = step_noise(config, step, (config.batch_size, *image_shape), device)
         t, eps = process.share(t), process.share(eps)
+        if config.conditional:
+            dropped = process.share(null_label_mask(config, step, config.batch_size, device))
+            labels = torch.where(dropped, num_classes, labels)
+        else:
+            labels = None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = denoising_loss(network, schedule, x0, t, eps, config.prediction)
+            loss = denoising_loss(network, schedule, x0, t, eps, config.prediction, labels)
         optimisation_step(optimizer, loss, warmup_cosine_learning_rate(config.lr, step, total_steps, config.warmup),
                           config.grad_clip)  # fmt: skip
         ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
@@ -272,31 +263,31 @@ def train(config):
             progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_second']:.0f}")
         progress.update(1)
         if process.main and step % config.checkpoint_every == 0:
-            _save(out, config, model, ema, optimizer, step, seconds + time.perf_counter() - started, log, device)
+            _save(out, config, total_steps, model, ema, optimizer, step, seconds + time.perf_counter() - started,
+                  log, device)  # fmt: skip
         if process.main and config.sample_every and step % (config.sample_every * steps_per_epoch) == 0:
-            _sample_grid(ema, schedule, config, image_shape, out / f"samples_epoch_{step // steps_per_epoch}.png")
+            path = out / f"samples_epoch_{step // steps_per_epoch}.png"
+            _sample_grid(ema, schedule, config, image_shape, num_classes, path)
     progress.close()
 
     seconds += time.perf_counter() - started
     if process.main:
-        _save(out, config, model, ema, optimizer, step, seconds, log, device)
-        meta = {"config": dataclasses.asdict(config), "step": step}
+        _save(out, config, total_steps, model, ema, optimizer, step, seconds, log, device)
+        meta = {"config": dataclasses.asdict(config), "step": step, "image_shape": list(image_shape),
+                "num_classes": num_classes}  # fmt: skip
         checkpoints.save(out / "ema.safetensors", ema.state_dict(), meta)
         (out / "history.json").write_text(json.dumps(log.history, indent=1))
     if process.world_size > 1:
         dist.barrier()
-    return {
-        "steps": step,
-        "total_steps": total_steps,
-        "complete": not stopped_early,
-        "seconds": seconds,
-        "final_loss": log.history[-1]["loss"] if log.history else None,
-        "device": str(device),
-        "image_shape": image_shape,
-    }
+    return {**summary, "steps": step, "complete": not stopped_early, "seconds": seconds,
+            "final_loss": _final_loss(log)}  # fmt: skip
 
 
-def _save(out, config, model, ema, optimizer, step, seconds, log, device):
+def _final_loss(log):
+    return log.history[-1]["loss"] if log.history else None
+
+
+def _save(out, config, total_steps, model, ema, optimizer, step, seconds, log, device):
     optimizer_tensors, param_groups = checkpoints.optimizer_state(optimizer)
     tensors = {
         **checkpoints.prefixed("model", model.state_dict()),
@@ -307,6 +298,7 @@ def _save(out, config, model, ema, optimizer, step, seconds, log, device):
     meta = {
         "config": dataclasses.asdict(config),
         "step": step,
+        "total_steps": total_steps,
         "seconds": seconds,
         "history": log.history,
         "window": log.window(),
@@ -315,11 +307,20 @@ def _save(out, config, model, ema, optimizer, step, seconds, log, device):
     checkpoints.save(out / "checkpoint.safetensors", tensors, meta)
 
 
-def _resume(path, config, model, ema, optimizer, device):
+def _resume(path, config, total_steps, model, ema, optimizer, device):
+    """Load a checkpoint into the run's objects, after checking that it belongs to the same run."""
     tensors, meta = checkpoints.load(path, device)
-    saved = TrainConfig(**{**meta["config"], "time_budget": config.time_budget})
-    if _defining(saved) != _defining(config):
-        raise ValueError(f"{path} was written by a run with another config; use another --out or delete it")
+    saved = TrainConfig(**meta["config"])
+    finished = meta["step"] == meta["total_steps"]
+    changed = differences(saved, config, ignore=("steps", "epochs") if finished else ())
+    if changed:
+        raise ValueError(
+            f"{path.parent} holds a run with other settings ({'; '.join(changed)}); a finished run can only be "
+            "trained longer. Use another --out, or delete the folder"
+        )
+    if meta["step"] > total_steps:
+        done = meta["step"]
+        raise ValueError(f"{path.parent} has already trained {done} steps, more than the {total_steps} asked for")
     model.load_state_dict(checkpoints.unprefixed("model", tensors))
     ema.load_state_dict(checkpoints.unprefixed("ema", tensors))
     checkpoints.restore_optimizer(optimizer, checkpoints.unprefixed("optimizer", tensors), meta["param_groups"])
@@ -327,20 +328,17 @@ def _resume(path, config, model, ema, optimizer, device):
     return meta["step"], meta["seconds"], LossLog(meta["history"], **meta["window"])
 
 
-def _defining(config):
-    """The fields that change what a run computes (not where or how fast it runs)."""
-    ignored = {
-        *("time_budget", "device", "workers", "compile", "compile_mode"),
-        *("checkpoint_every", "sample_every", "log_every", "root", "out"),
-    }
-    return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(config))).items() if k not in ignored}
-
-
 @torch.no_grad()
-def _sample_grid(ema, schedule, config, image_shape, path):
+def _sample_grid(ema, schedule, config, image_shape, num_classes, path):
+    """An 8 x 8 grid drawn by the EMA network (for a conditional network: each row the digits 0, 1, 2, ...)."""
     from torchvision.utils import save_image
 
-    generator = torch.Generator(schedule.betas.device).manual_seed(config.seed)
+    device = schedule.betas.device
+    generator = torch.Generator(device).manual_seed(config.seed)
     model = as_eps_model(ema, schedule, config.prediction)
-    images = sample(model, schedule, (64, *image_shape), generator, config.sample_steps, device=schedule.betas.device)
+    if num_classes is not None:
+        labels = torch.arange(64, device=device) % num_classes
+        unconditional, model = model, lambda x, t: unconditional(x, t, labels)
+    images = sample(model, schedule, (64, *image_shape), generator=generator, num_steps=config.sample_steps,
+                    device=device)  # fmt: skip
     save_image((images.clamp(-1, 1) + 1) / 2, path, nrow=8)

@@ -57,28 +57,35 @@ def fit(model, schedule, data, steps=2000, batch_size=256, lr=1e-3, generator=No
     return losses
 
 
+def classifier_epoch(model, optimizer, images, labels, epoch, epochs, batch_size, lr, generator=None):
+    """One epoch of :func:`fit_classifier`: the images in a fresh random order from ``generator``, in batches of
+    batch_size (the last partial batch dropped), with the half-cosine learning rate of a run of ``epochs`` epochs.
+    Returns the epoch's mean loss."""
+    batches_per_epoch = len(images) // batch_size
+    order = torch.randperm(len(images), generator=generator).to(images.device)
+    total = 0.0
+    for i in range(batches_per_epoch):
+        batch = order[i * batch_size : (i + 1) * batch_size]
+        loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
+        step = epoch * batches_per_epoch + i
+        optimisation_step(optimizer, loss, cosine_learning_rate(lr, step, epochs * batches_per_epoch))
+        total += loss.detach()
+    return float(total) / batches_per_epoch
+
+
 def fit_classifier(model, images, labels, epochs=5, batch_size=128, lr=1e-3, generator=None):
     """Adam on the cross-entropy of model(images) against labels, with a half-cosine learning rate.
 
-    Each epoch visits the images in a fresh random order drawn from
-    ``generator``, in batches of batch_size (the last partial batch dropped).
-    Returns the mean loss of each epoch; the model is left in eval mode.
+    Returns the mean loss of each epoch (:func:`classifier_epoch`); the model is left in eval mode.
     """
     _check_positive(epochs=epochs, batch_size=batch_size)
-    batches_per_epoch = len(images) // batch_size
-    if batches_per_epoch < 1:
+    if len(images) < batch_size:
         raise ValueError(f"batch_size ({batch_size}) exceeds the number of images ({len(images)})")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    steps, losses = epochs * batches_per_epoch, []
     model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(images), generator=generator).to(images.device)
-        total = 0.0
-        for i in range(batches_per_epoch):
-            batch = order[i * batch_size : (i + 1) * batch_size]
-            loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
-            optimisation_step(optimizer, loss, cosine_learning_rate(lr, epoch * batches_per_epoch + i, steps))
-            total += loss.detach()
-        losses.append(float(total) / batches_per_epoch)
+    losses = [
+        classifier_epoch(model, optimizer, images, labels, epoch, epochs, batch_size, lr, generator)
+        for epoch in range(epochs)
+    ]
     model.eval()
     return losses

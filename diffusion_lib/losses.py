@@ -5,15 +5,19 @@ import torch
 from .parameterization import prediction_target
 
 
-def denoising_loss(model, schedule, x0, t, eps, prediction="eps"):
-    """|| target - f_theta(x_t, t) ||^2 averaged over batch and dimensions, eq. `l-simple` and its x_0 and v variants.
+def denoising_loss(model, schedule, x0, t, eps, prediction="eps", labels=None):
+    """|| target - f_theta(x_t, t[, y]) ||^2 averaged over batch and dimensions, eq. `l-simple` and its x_0 and v
+    variants.
 
     x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps; the target is
-    :func:`prediction_target`. The network's output is compared in float32
-    even when it ran in lower precision.
+    :func:`prediction_target`. With ``labels`` the network is also given the
+    class labels y (a conditional model). The network's output is compared in
+    float32 even when it ran in lower precision.
     """
     target = prediction_target(schedule, x0, t, eps, prediction)
-    return (target - model(schedule.q_sample(x0, t, eps), t).float()).pow(2).mean()
+    xt = schedule.q_sample(x0, t, eps)
+    output = model(xt, t) if labels is None else model(xt, t, labels)
+    return (target - output.float()).pow(2).mean()
 
 
 def l_simple(model, schedule, x0, generator=None):

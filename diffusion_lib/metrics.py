@@ -120,3 +120,82 @@ def class_fractions(probabilities):
     """The fraction of rows assigned (by largest probability) to each class, a tensor (k,)."""
     counts = torch.bincount(probabilities.argmax(dim=1), minlength=probabilities.shape[1])
     return counts.double() / len(probabilities)
+
+
+def polynomial_kernel(a, b):
+    """k(a, b) = (a . b / d + 1)^3, the kernel of KID (Binkowski et al. 2018), for rows of a (n, d) and b (m, d)."""
+    return (a @ b.T / a.shape[1] + 1) ** 3
+
+
+def _kernel_row_sums(a, b, chunk_size=2048):
+    """Row sums of the kernel matrix k(a_i, b_j), computed chunk by chunk (the matrix is never stored whole)."""
+    return torch.cat([polynomial_kernel(chunk, b).sum(dim=1) for chunk in a.split(chunk_size)])
+
+
+def kid(features1, features2):
+    """The kernel inception distance: the unbiased estimate of MMD^2 with the polynomial kernel, eq. `kid`, and
+    its jackknife standard error. Returns (estimate, standard_error), in float64.
+
+    MMD^2 = mean_{i != j} k(x_i, x_j) + mean_{i != j} k(y_i, y_j) - 2 mean_{i, j} k(x_i, y_j). Leaving out one
+    point changes each sum by that point's row sum, so all the leave-one-out estimates cost no more than the
+    estimate itself; the jackknife variances of the two samples add.
+    """
+    x, y = features1.double(), features2.double()
+    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < 3:
+        raise ValueError(
+            f"features must have shapes (n1, d) and (n2, d) with n1, n2 >= 3, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    n, m = len(x), len(y)
+    d = x.shape[1]
+    xx_rows = _kernel_row_sums(x, x) - (x.pow(2).sum(1) / d + 1) ** 3  # without the diagonal k(x_i, x_i)
+    yy_rows = _kernel_row_sums(y, y) - (y.pow(2).sum(1) / d + 1) ** 3
+    xy_rows, yx_rows = _kernel_row_sums(x, y), _kernel_row_sums(y, x)
+    xx, yy, xy = xx_rows.sum(), yy_rows.sum(), xy_rows.sum()
+    estimate = xx / (n * (n - 1)) + yy / (m * (m - 1)) - 2 * xy / (n * m)
+    without_x = (xx - 2 * xx_rows) / ((n - 1) * (n - 2)) + yy / (m * (m - 1)) - 2 * (xy - xy_rows) / ((n - 1) * m)
+    without_y = xx / (n * (n - 1)) + (yy - 2 * yy_rows) / ((m - 1) * (m - 2)) - 2 * (xy - yx_rows) / (n * (m - 1))
+    variance = (n - 1) / n * (without_x - without_x.mean()).pow(2).sum()
+    variance += (m - 1) / m * (without_y - without_y.mean()).pow(2).sum()
+    return estimate.item(), variance.sqrt().item()
+
+
+def precision_recall(real, generated, k=3):
+    """Improved precision and recall (Kynkaanniemi et al. 2019), eq. `precision-recall`, of feature sets (n, d).
+
+    Each set's manifold is the union of balls around its points with radius the distance to the k-th nearest
+    other point of the set. Precision: the fraction of generated points inside the real manifold; recall: the
+    fraction of real points inside the generated one.
+    """
+
+    def radii(points):
+        return torch.cat([torch.cdist(chunk, points).kthvalue(k + 1, dim=1).values for chunk in points.split(1024)])
+
+    def inside(points, reference, reference_radii):
+        return torch.cat(
+            [(torch.cdist(chunk, reference) <= reference_radii).any(dim=1) for chunk in points.split(1024)]
+        )
+
+    real, generated = real.double(), generated.double()
+    precision = inside(generated, real, radii(real)).double().mean().item()
+    recall = inside(real, generated, radii(generated)).double().mean().item()
+    return precision, recall
+
+
+def copy_ratios(samples, reference):
+    """For each row of samples (n, d): its distance to the nearest row of reference over that to the second
+    nearest, and the nearest row's index. A ratio near 0 means a sample sits on one reference point."""
+    if samples.dim() != 2 or reference.dim() != 2 or samples.shape[1] != reference.shape[1] or len(reference) < 2:
+        raise ValueError(
+            f"samples and reference must have shapes (n, d) and (m >= 2, d), got {tuple(samples.shape)} and "
+            f"{tuple(reference.shape)}"
+        )
+    reference = reference.to(samples.dtype)
+    nearest = [torch.cdist(chunk, reference).topk(2, dim=1, largest=False) for chunk in samples.split(1024)]
+    distances = torch.cat([found.values for found in nearest])
+    return distances[:, 0] / distances[:, 1], torch.cat([found.indices[:, 0] for found in nearest])
+
+
+def copied_fraction(samples, reference, threshold=1 / 3):
+    """The fraction of samples whose nearest/second-nearest distance ratio to reference is below threshold
+    (a copy, after Gu et al. 2023)."""
+    return (copy_ratios(samples, reference)[0] < threshold).double().mean().item()

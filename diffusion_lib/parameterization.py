@@ -47,6 +47,11 @@ def eps_from_v(schedule, xt, t, v):
     return (1 - alpha_bar).sqrt() * xt + alpha_bar.sqrt() * v
 
 
+def score_from_eps(schedule, t, eps):
+    """grad log q_t(x_t) = -eps* / sqrt(1 - alpha_bar_t), eq. `score-eps`; exact for the optimal eps*."""
+    return -eps / (1 - schedule.at(schedule.alpha_bars, t, eps)).sqrt()
+
+
 def prediction_target(schedule, x0, t, eps, prediction="eps"):
     """What the network is trained to output at x_t: the noise eps, the clean x_0, or v (eq. `v-prediction`)."""
     if prediction == "eps":

@@ -1,15 +1,31 @@
 """The reverse process: one function per update rule, one loop for all of them.
 
-A step function has the signature ``step(schedule, eps, t, xt, noise, **options)``
-and returns x_{t-1}; :func:`sample_loop` runs any of them with any callable
-``model(x, t) -> eps``.
+An update rule steps x_t -> x_{t-1} on a grid of steps (a schedule, respaced
+when the chain is shortened). :func:`sample_loop` runs any of them with any
+callable ``model(x, t) -> eps``, where t is a LongTensor of the original
+0-indexed steps; :func:`sample` draws x_T and returns x_0.
 """
 
+import math
 from numbers import Integral
 
 import torch
+from tqdm import tqdm
 
 from .elbo import reverse_mean, reverse_variances
+from .parameterization import eps_from_x0, x0_from_eps
+from .solvers import dpm_solver
+
+
+def _check_step_index(t, name):
+    if not isinstance(t, Integral) or isinstance(t, bool):
+        raise TypeError(f"t must be an int step index for {name}, got {t!r}")
+    return int(t)
+
+
+def _check_noise(xt, noise):
+    if noise.shape != xt.shape:
+        raise ValueError(f"shape mismatch: xt has shape {tuple(xt.shape)} but noise has {tuple(noise.shape)}")
 
 
 def ddpm_step(schedule, eps, t, xt, noise, variance="posterior", clip_x0=False):
@@ -20,48 +36,172 @@ def ddpm_step(schedule, eps, t, xt, noise, variance="posterior", clip_x0=False):
     mean is returned. ``t`` is an int in 0..T-1; ``clip_x0`` clamps the
     estimate of x_0 to [-1, 1] first.
     """
-    if not isinstance(t, Integral) or isinstance(t, bool):
-        raise TypeError(f"t must be an int step index for ddpm_step, got {t!r}")
-    t = int(t)
+    t = _check_step_index(t, "ddpm_step")
     sigma2 = reverse_variances(schedule, variance)
     mean = reverse_mean(schedule, eps, t, xt, clip_x0)
     if t == 0:
         return mean
-    if noise.shape != xt.shape:
-        raise ValueError(f"shape mismatch: xt has shape {tuple(xt.shape)} but noise has {tuple(noise.shape)}")
+    _check_noise(xt, noise)
     return mean + schedule.at(sigma2, t, xt).sqrt() * noise
 
 
-def sample_loop(model, schedule, x_T, step=ddpm_step, num_steps=None, generator=None, **step_options):
+def ddim_sigma(schedule, t, eta):
+    """sigma_t(eta) = eta sqrt((1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_{t-1}),
+    eq. `ddim-sigma`: 0 for DDIM, the posterior standard deviation for eta = 1 (DDPM)."""
+    alpha_bar, alpha_bar_prev = schedule.alpha_bars[t], schedule.alpha_bars_prev[t]
+    return eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
+
+
+def ddim_step(schedule, eps, t, xt, noise, eta=0.0, clip_x0=False):
+    """One step x_t -> x_{t-1} of the eta family of Song et al. (2021), eq. `ddim-step`.
+
+    x_{t-1} = sqrt(alpha_bar_{t-1}) x0 + sqrt(1 - alpha_bar_{t-1} - sigma_t^2) eps + sigma_t z, with x0
+    estimated from eps and sigma_t = :func:`ddim_sigma`. eta = 0 is deterministic (DDIM); eta = 1 is the
+    DDPM step with the posterior variance. At t = 0 the previous alpha_bar is 1, so the step returns x0.
+    ``clip_x0`` clamps the estimate of x_0 to [-1, 1] and then recomputes eps from it, so that the pair
+    stays consistent with x_t.
+    """
+    t = _check_step_index(t, "ddim_step")
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
+    x0 = x0_from_eps(schedule, xt, t, eps)
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        eps = eps_from_x0(schedule, xt, t, x0)
+    alpha_bar_prev = schedule.at(schedule.alpha_bars_prev, t, xt)
+    sigma = ddim_sigma(schedule, t, eta)
+    x_prev = alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev - sigma**2).clamp(min=0).sqrt() * eps
+    if sigma == 0:
+        return x_prev
+    _check_noise(xt, noise)
+    return x_prev + sigma * noise
+
+
+def _with_noise(step, schedule, **options):
+    """A loop step that draws its noise z ~ N(0, I) from the generator and applies an update rule."""
+
+    def loop_step(eps, t, xt, generator):
+        noise = torch.randn(xt.shape, generator=generator, dtype=xt.dtype, device=xt.device)
+        return step(schedule, eps, t, xt, noise, **options)
+
+    return loop_step
+
+
+SAMPLERS = {
+    "ddpm": lambda schedule, **options: _with_noise(ddpm_step, schedule, **options),
+    "ddim": lambda schedule, **options: _with_noise(ddim_step, schedule, **options),
+    "dpm-solver++": dpm_solver,
+}
+
+
+def sample_loop(model, schedule, x_T, sampler="ddpm", num_steps=None, generator=None, progress=False, **options):
     """Run the reverse process from x_T, yielding (t, x) after the step at each t, down to t = 0.
 
     After the step at t, x is a sample of x_{t-1} in the book's 0-indexed
-    notation; after the last step (t = 0), x is the final sample.
+    notation; after the last step (t = 0), x is the final sample. ``sampler``
+    is "ddpm", "ddim" or "dpm-solver++"; ``options`` go to its update rule
+    (``variance`` and ``clip_x0`` for DDPM, ``eta`` and ``clip_x0`` for DDIM).
     With ``num_steps`` < T the chain visits only ``schedule.spaced_timesteps(num_steps)``
     and each step uses the respaced schedule (eq. `respacing`); the model is
     always called with the original 0-indexed step t as a LongTensor of shape (B,).
     """
+    check_sampler(sampler)
     timesteps = schedule.spaced_timesteps(schedule.T if num_steps is None else num_steps)
-    steps_schedule = schedule.respaced(timesteps)
-    x = x_T
-    for i in reversed(range(len(timesteps))):
+    step = SAMPLERS[sampler](schedule.respaced(timesteps), **options)
+    return _reverse_steps(model, timesteps, step, x_T, generator, progress, sampler)
+
+
+def check_sampler(sampler):
+    """Raise a ValueError naming the allowed samplers unless ``sampler`` is one of them."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
+
+
+def _reverse_steps(model, timesteps, step, x, generator, progress, name):
+    """The loop of :func:`sample_loop`: one model call and one update per step, from the last timestep down."""
+    shown = {} if progress else {"disable": True}  # when shown, TQDM_DISABLE=1 may still hide it
+    for i in tqdm(reversed(range(len(timesteps))), total=len(timesteps), desc=name, **shown):
         t = int(timesteps[i])
         eps = model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x = step(steps_schedule, eps, i, x, noise, **step_options)
+        x = step(eps, i, x, generator)
         yield t, x
 
 
 @torch.no_grad()
-def sample(model, schedule, shape, generator=None, num_steps=None, trajectory=False, device=None, **step_options):
-    """Draw x_T ~ N(0, I) of the given shape and run :func:`sample_loop` to the end.
+def sample(
+    model, schedule, shape, *, sampler="ddpm", num_steps=None, generator=None, x_T=None, eta=0.0,
+    trajectory=False, device=None, progress=False, **options,
+):  # fmt: skip
+    """Draw x_T ~ N(0, I) of the given shape (or take the given x_T) and run :func:`sample_loop` to the end.
 
-    Returns x_0, or with ``trajectory=True`` a tensor (num_steps + 1, *shape)
-    holding x_T first and x_0 last.
+    ``sampler`` is "ddpm" (ancestral, eq. `ddpm-step`), "ddim" (eq.
+    `ddim-step`, eta 0 unless given) or "dpm-solver++" (DPM-Solver++(2M),
+    eq. `dpm-solver-2m`). Returns x_0, or with ``trajectory=True`` a tensor
+    (num_steps + 1, *shape) holding x_T first and x_0 last. The result is not
+    clamped: x_0 estimates may leave [-1, 1] slightly (``clip_x0=True`` keeps
+    each step's estimate of x_0 inside it); clamp before showing or storing
+    images. ``progress`` shows a progress bar (which TQDM_DISABLE=1 hides).
     """
-    x_T = torch.randn(shape, generator=generator, device=device)
+    check_sampler(sampler)
+    if sampler == "ddim":
+        options["eta"] = eta
+    elif eta != 0:
+        raise ValueError(f"eta applies to the ddim sampler only, got eta={eta!r} with sampler={sampler!r}")
+    if x_T is None:
+        x_T = torch.randn(shape, generator=generator, device=device)
+    elif tuple(x_T.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape is {tuple(shape)}")
     states = [x_T]
-    for _, x in sample_loop(model, schedule, x_T, generator=generator, num_steps=num_steps, **step_options):
+    loop = sample_loop(model, schedule, x_T, sampler, num_steps, generator, progress, **options)
+    for _, x in loop:
         if trajectory:
             states.append(x)
     return torch.stack(states) if trajectory else x
+
+
+@torch.no_grad()
+def ddim_invert(model, schedule, x0, num_steps=None):
+    """Run deterministic DDIM backwards, from data x_0 to noise x_T, eq. `ddim-inversion`.
+
+    Each step t_{i-1} -> t_i evaluates the model at the point it has, x_{t_{i-1}},
+    and the new step t_i: eps = model(x_{t_{i-1}}, t_i), then
+    x_{t_i} = sqrt(alpha_bar_{t_i}) x0_hat + sqrt(1 - alpha_bar_{t_i}) eps with
+    x0_hat = (x_{t_{i-1}} - sqrt(1 - alpha_bar_{t_{i-1}}) eps) / sqrt(alpha_bar_{t_{i-1}})
+    (alpha_bar = 1 before the first step). Sampling from the result with
+    ``sampler="ddim"`` and the same ``num_steps`` returns close to x0.
+    """
+    timesteps = schedule.spaced_timesteps(schedule.T if num_steps is None else num_steps)
+    steps_schedule = schedule.respaced(timesteps)
+    x = x0
+    for i, t in enumerate(timesteps.tolist()):
+        eps = model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
+        alpha_bar_from = steps_schedule.at(steps_schedule.alpha_bars_prev, i, x)
+        alpha_bar_to = steps_schedule.at(steps_schedule.alpha_bars, i, x)
+        x0_estimate = (x - (1 - alpha_bar_from).sqrt() * eps) / alpha_bar_from.sqrt()
+        x = alpha_bar_to.sqrt() * x0_estimate + (1 - alpha_bar_to).sqrt() * eps
+    return x
+
+
+def slerp(z0, z1, alpha):
+    """Spherical interpolation between two noises, eq. `slerp`: sin((1 - a) theta) / sin(theta) z0 + sin(a theta) /
+    sin(theta) z1, theta the angle between them. Unlike the straight line, it keeps the norm that N(0, I)
+    noise has in high dimension. Endpoints that point the same way (theta = 0) give the limit of the formula, the
+    straight line; opposite endpoints (theta = pi) have no unique great circle and are an error."""
+    theta = torch.arccos(((z0 * z1).sum() / (z0.norm() * z1.norm())).clamp(-1.0, 1.0))
+    if theta < 1e-6:
+        return (1 - alpha) * z0 + alpha * z1
+    if math.pi - theta < 1e-6:
+        raise ValueError("slerp: the noises point in opposite directions; the great circle between them is not unique")
+    return (torch.sin((1 - alpha) * theta) * z0 + torch.sin(alpha * theta) * z1) / torch.sin(theta)
+
+
+def langevin(score, x, step_size, num_steps, generator=None):
+    """Unadjusted Langevin dynamics, eq. `langevin`: num_steps of x <- x + (delta / 2) score(x) + sqrt(delta) z.
+
+    For a small step size delta and many steps, x is distributed nearly as the
+    density p whose score grad log p is ``score``, from any start.
+    """
+    for _ in range(num_steps):
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x = x + step_size / 2 * score(x) + math.sqrt(step_size) * noise
+    return x

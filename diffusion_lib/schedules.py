@@ -102,6 +102,12 @@ class NoiseSchedule:
         return cls(1.0 - alpha_bars / previous)
 
     @classmethod
+    def from_log_snr(cls, log_snr):
+        """The schedule with log SNR(t) = log(alpha_bar_t / (1 - alpha_bar_t)) given, eq. `snr`:
+        alpha_bar_t = sigmoid(log SNR(t)). log_snr must decrease strictly."""
+        return cls.from_alpha_bars(torch.sigmoid(torch.as_tensor(log_snr, dtype=torch.float64)))
+
+    @classmethod
     def named(cls, name, T=1000, **kwargs):
         """`NoiseSchedule.named("linear" | "cosine", T)`."""
         constructors = {"linear": cls.linear, "cosine": cls.cosine}

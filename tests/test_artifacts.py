@@ -64,7 +64,8 @@ def fresh(tmp_path, monkeypatch, small_mnist_root):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, small_mnist_root):
     """One artifacts folder in which mnist-ddpm (and so mnist-classifier) was built: first with a time budget of 0,
-    which must stop cleanly, then to completion. Yields (folder, what was observed along the way)."""
+    which stops cleanly in the classifier it needs; then the classifier alone; then mnist-ddpm with a budget of 0
+    again, which stops after its first checkpoint; then to completion. Yields (folder, what was observed)."""
     folder = tmp_path_factory.mktemp("artifacts")
     with pytest.MonkeyPatch.context() as patch:
         shrink(patch, small_mnist_root, folder)
@@ -77,6 +78,9 @@ def built(tmp_path_factory, small_mnist_root):
 
             artifacts.EXPERIMENTS[name] = dataclasses.replace(exp, build=recording)
         observed = {"before": {name: artifacts.status(name) for name in artifacts.EXPERIMENTS}}
+        observed["classifier_budget_0"] = artifacts.build("mnist-ddpm", "cpu", time_budget=0)
+        observed["after_classifier_budget_0"] = {name: artifacts.status(name) for name in artifacts.EXPERIMENTS}
+        observed["classifier"] = artifacts.build("mnist-classifier", "cpu")
         observed["budget_0"] = artifacts.build("mnist-ddpm", "cpu", time_budget=0)
         observed["after_budget_0"] = {name: artifacts.status(name) for name in artifacts.EXPERIMENTS}
         observed["checkpoint_meta"] = checkpoints.load(folder / "mnist-ddpm" / "run" / "checkpoint.safetensors")[1]
@@ -109,13 +113,20 @@ def test_missing_artifacts(fresh):
 
 def test_time_budget_stops_cleanly_and_the_build_resumes(built):
     folder, observed = built
-    assert observed["before"] == {"mnist-classifier": ("missing", None), "mnist-ddpm": ("missing", None)}
+    missing = ("missing", None)
+    assert observed["before"] == dict.fromkeys(artifacts.EXPERIMENTS, missing)
+    assert observed["classifier_budget_0"] is False  # stopped in what it needs first
+    assert observed["after_classifier_budget_0"] == dict.fromkeys(artifacts.EXPERIMENTS, missing)
+    assert observed["classifier"] is True
     assert observed["budget_0"] is False
-    assert observed["calls_budget_0"] == ["mnist-classifier", "mnist-ddpm"]  # what it needs first
-    assert observed["after_budget_0"] == {"mnist-classifier": ("ok", "cpu"), "mnist-ddpm": ("missing", None)}
+    assert observed["after_budget_0"] == {
+        **dict.fromkeys(artifacts.EXPERIMENTS, missing),
+        "mnist-classifier": ("ok", "cpu"),
+    }
     assert observed["checkpoint_meta"]["step"] == 0
     assert observed["complete"] is True
-    assert observed["calls"] == ["mnist-classifier", "mnist-ddpm", "mnist-ddpm"]  # the classifier is built once
+    # the classifier is finished once, then handed over without another build
+    assert observed["calls"] == ["mnist-classifier", "mnist-classifier", "mnist-ddpm", "mnist-ddpm"]
 
 
 def test_build_needs_the_classifier_first_and_hands_it_over(fresh, monkeypatch):
@@ -249,7 +260,8 @@ def test_changed_source_is_named_in_the_status(in_built, monkeypatch):
 
 
 def test_source_hashes_follow_single_definitions(in_built, tmp_path, monkeypatch):
-    """The classifier depends on two definitions in fit.py; editing another definition there leaves it current."""
+    """The classifier depends on one definition in fit.py (classifier_epoch); editing another definition there
+    leaves it current."""
     package = tmp_path / "diffusion_lib"
     shutil.copytree(store.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(store, "PACKAGE", package)
@@ -265,7 +277,7 @@ def test_source_hashes_follow_single_definitions(in_built, tmp_path, monkeypatch
     edited_again = edited.replace("total += loss.detach()", "total = total + loss.detach()")
     assert edited_again != edited
     fit_py.write_text(edited_again)
-    assert artifacts.status("mnist-classifier") == ("stale: source changed in fit.py:fit_classifier", "cpu")
+    assert artifacts.status("mnist-classifier") == ("stale: source changed in fit.py:classifier_epoch", "cpu")
 
 
 def random_bytes(data):
@@ -282,9 +294,7 @@ DAMAGE = {
     "empty": lambda data: b"",
     "random bytes": lambda data: bytes(random_bytes(data).tolist()),
     "a Git LFS pointer": lambda data: b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n",
-    "4 KB flipped inside the tensors": lambda data: (
-        data[:-8192] + bytes(255 - b for b in data[-8192:-4096]) + data[-4096:]
-    ),
+    "4 KB flipped inside the tensors": flipped,
 }
 
 

@@ -1,4 +1,4 @@
-"""The U-Net denoiser and the small image classifier (chapter 5).
+"""The U-Net denoiser (models/unet.py).
 
 Shapes and errors are checked directly; the zero-initialised layers are checked
 to make the fresh network exactly zero and each fresh residual block exactly its
@@ -15,11 +15,14 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_lib.models.classifier import Classifier
 from diffusion_lib.models.unet import ResidualBlock, SelfAttention, Stage, UNet, group_norm
 
 SMALL = dict(image_channels=1, image_size=8, channels=8, channel_mults=(1, 2), blocks_per_level=1)
+
+
 SMALL_ATTENTION = dict(SMALL, attention_resolutions=(4,), dropout=0.0)
+
+
 # 48 and 96 channels give GroupNorm groups of 3 channels; see test_narrow_unet_depends_on_t below for why that matters.
 WIDE = dict(SMALL_ATTENTION, channels=48)
 
@@ -35,9 +38,6 @@ def perturb(module, scale=0.3, seed=0):
 
 def count(module):
     return sum(p.numel() for p in module.parameters())
-
-
-# ----------------------------------------------------------------------------- shapes
 
 
 @pytest.mark.parametrize(
@@ -79,9 +79,6 @@ def test_default_unet_matches_the_documented_layout():
     # Attention runs at resolution 7 only: the two encoder blocks, the first middle block, the three decoder blocks.
     attention = [m for m in net.modules() if isinstance(m, SelfAttention)]
     assert len(attention) == 2 + 1 + 3
-
-
-# ----------------------------------------------------------------------------- initialisation and dependence
 
 
 def test_fresh_unet_outputs_exactly_zero():
@@ -127,9 +124,6 @@ def test_every_input_pixel_reaches_every_output(attention):
     assert torch.equal(x.grad[1], torch.zeros_like(x.grad[1]))  # the batch elements do not mix
 
 
-# ----------------------------------------------------------------------------- skip connections
-
-
 @pytest.mark.parametrize(
     "config",
     [
@@ -159,9 +153,6 @@ def test_each_decoder_stage_consumes_one_encoder_activation_last_in_first_out(co
     for concatenated, skip in zip(consumed, reversed(pushed), strict=True):
         assert concatenated.shape[2:] == skip.shape[2:]
         assert torch.equal(concatenated[:, -skip.shape[1] :], skip)
-
-
-# ----------------------------------------------------------------------------- building blocks
 
 
 @pytest.mark.parametrize(
@@ -254,9 +245,6 @@ def test_fresh_self_attention_is_the_identity_and_heads_must_divide_channels():
         SelfAttention(10)
 
 
-# ----------------------------------------------------------------------------- class conditioning and errors
-
-
 def test_null_class_is_the_default_label_and_labels_change_the_output():
     torch.manual_seed(0)
     net = perturb(UNet(num_classes=10, **WIDE))
@@ -291,9 +279,6 @@ def test_image_size_must_be_divisible_by_the_downsampling(image_size, mults):
     with pytest.raises(ValueError, match=rf"image_size \({image_size}\) must be divisible by 2\^\(levels - 1\)"):
         UNet(image_size=image_size, channel_mults=mults)
     UNet(image_size=image_size * 2 ** (len(mults) - 1), channels=8, channel_mults=mults)  # divisible: accepted
-
-
-# ----------------------------------------------------------------------------- parameter count
 
 
 def conv(i, o, k):
@@ -342,29 +327,3 @@ def test_parameter_count_matches_a_layer_by_layer_sum():
     assert count(net.output) == head
     # A class embedding adds (num_classes + 1) rows of the embedding width.
     assert count(UNet(num_classes=10, **SMALL_ATTENTION)) == total + 11 * e
-
-
-# ----------------------------------------------------------------------------- classifier
-
-
-@pytest.mark.parametrize("channels, size", [(1, 28), (3, 32), (1, 8)])
-def test_classifier_shapes(channels, size):
-    torch.manual_seed(0)
-    classifier = Classifier(image_channels=channels, image_size=size).eval()
-    x = torch.randn(5, channels, size, size)
-    features = classifier.features(x)
-    assert features.shape == (5, 128)
-    assert (features >= 0).all()  # the hidden layer's ReLU activations
-    logits = classifier(x)
-    assert logits.shape == (5, 10)
-    torch.testing.assert_close(logits, classifier.logits(features))  # in eval mode dropout is the identity
-    assert Classifier(num_classes=3, feature_dim=16)(torch.randn(2, 1, 28, 28)).shape == (2, 3)
-
-
-def test_classifier_errors():
-    classifier = Classifier()
-    for shape in [(2, 1, 28, 27), (2, 3, 28, 28), (1, 28, 28)]:
-        with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 28, 28\)"):
-            classifier(torch.randn(shape))
-    with pytest.raises(ValueError, match="image_size must be divisible by 4.*got 30"):
-        Classifier(image_size=30)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .ddpm import build_ddpm, make_unet, open_diffusion
 from .judge import build_classifier, make_classifier
+from .samplers import build_sampler_table
 
 EVALUATION_SOURCES = (
     "evaluation.py",
@@ -57,7 +58,8 @@ class Experiment:
     """A named, stored result: its config, how it is built and loaded, and what defines it.
 
     build(experiment, folder, device, time_budget, needed) writes the artifact's files and returns its meta
-    (None when the time budget ran out first); make_model(experiment, meta) returns the stored network;
+    (None when the time budget ran out first); make_model(experiment, meta) returns the stored network (None for
+    an experiment that stores results but no network);
     open(experiment, network, meta) returns what the loaded artifact offers (its model, and for diffusion
     models the schedule and image shape).
     """
@@ -66,7 +68,7 @@ class Experiment:
     description: str
     config: dict
     build: Callable
-    make_model: Callable
+    make_model: Callable | None
     sources: tuple
     open: Callable = opened_as_is
     needs: tuple = field(default=())
@@ -108,10 +110,12 @@ EXPERIMENTS = {
             make_classifier,
             (
                 "models/classifier.py",
-                "fit.py:fit_classifier",
+                "fit.py:classifier_epoch",
                 "fit.py:cosine_learning_rate",
                 "fit.py:optimisation_step",
                 "experiments/judge.py",
+                "experiments/ddpm.py:forget_other_runs",
+                "checkpoints.py",
                 "data.py:mnist",
                 "data.py:mnist_images",
                 "data.py:_to_signed",
@@ -130,6 +134,41 @@ EXPERIMENTS = {
             DIFFUSION_SOURCES + EVALUATION_SOURCES,
             open=open_diffusion,
             needs=("mnist-classifier",),
+        ),
+        Experiment(
+            "mnist-samplers",
+            "Samplers against steps on mnist-ddpm: DDPM respaced, DDIM eta 0 and 1, DPM-Solver++(2M), 10 to 100 steps.",
+            {
+                "samplers": {
+                    "ddpm": {"sampler": "ddpm"},
+                    "ddim-eta0": {"sampler": "ddim", "eta": 0.0},
+                    "ddim-eta1": {"sampler": "ddim", "eta": 1.0},
+                    "dpm-solver++": {"sampler": "dpm-solver++"},
+                },
+                "steps": [10, 20, 50, 100],
+                "num_samples": {"cuda": 10_000, "cpu": 125},
+                "batch_size": 125,
+                "reference_sets": 10,
+                "grid_images": 8,
+                "seed": 2,
+            },
+            build_sampler_table,
+            None,
+            (
+                "experiments/samplers.py",
+                "sampling.py",
+                "solvers.py",
+                "elbo.py:reverse_variances",
+                "elbo.py:reverse_mean",
+                "parameterization.py",
+                "schedules.py",
+                "engine.py:inference_network",
+                "metrics.py:kid",
+                "metrics.py:polynomial_kernel",
+                "metrics.py:_kernel_row_sums",
+                *EVALUATION_SOURCES,
+            ),
+            needs=("mnist-ddpm", "mnist-classifier"),
         ),
     ]
 }

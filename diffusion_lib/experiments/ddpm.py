@@ -58,7 +58,7 @@ def build_ddpm(experiment, folder, device, time_budget, needed):
     eps_model, schedule = opened["model"], opened["schedule"].to(device)
 
     evaluation = experiment.config["evaluation"]
-    left = None if time_budget is None else time_budget - (time.perf_counter() - started)
+    left = None if time_budget is None else max(0.0, time_budget - (time.perf_counter() - started))
     shape = tuple(summary["image_shape"])
     samples, sampling_seconds = sample_in_chunks(eps_model, schedule, shape, evaluation, run, left)
     if samples is None:
@@ -85,16 +85,18 @@ def build_ddpm(experiment, folder, device, time_budget, needed):
 
 
 def forget_other_runs(run, config):
-    """Clear what run/ holds from another config: all of it if training differs, the samples if evaluation does."""
+    """Clear what run/ holds from another config: the samples only if the training part ("train") is the same,
+    all of it otherwise."""
     config = json.loads(json.dumps(config))
     stamp = run / "experiment.json"
     if stamp.exists():
         before = json.loads(stamp.read_text())
-        if before["train"] != config["train"]:
+        if "train" in config and before.get("train") == config["train"]:
+            if before != config:
+                for chunk in run.glob("samples_*.safetensors"):
+                    chunk.unlink()
+        elif before != config:
             shutil.rmtree(run)
-        elif before["evaluation"] != config["evaluation"]:
-            for chunk in run.glob("samples_*.safetensors"):
-                chunk.unlink()
     run.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(config))
 
@@ -117,10 +119,9 @@ def sample_in_chunks(eps_model, schedule, image_shape, evaluation, run, time_bud
         chunk_started = time.perf_counter()
         generator = torch.Generator(device).manual_seed(evaluation["seed"] * 1_000_003 + chunk)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            x = sample(
-                eps_model, schedule, (evaluation["batch_size"], *image_shape), generator,
-                evaluation["sampling_steps"], device=device,
-            )  # fmt: skip
+            shape = (evaluation["batch_size"], *image_shape)
+            x = sample(eps_model, schedule, shape, generator=generator, num_steps=evaluation["sampling_steps"],
+                       device=device)  # fmt: skip
         pixels = data.to_bytes(x).cpu()  # waits for the device, so the time below is the sampling's
         seconds = time.perf_counter() - chunk_started
         checkpoints.save(file, {"samples": pixels}, {"seconds": seconds})
@@ -134,6 +135,8 @@ def sample_in_chunks(eps_model, schedule, image_shape, evaluation, run, time_bud
 def filmstrip(eps_model, schedule, image_shape, seed, device, num_images=10, frames=11):
     """x_t of a few samples at `frames` evenly spaced steps of the reverse process, float16 (frames, n, C, H, W)."""
     generator = torch.Generator(device).manual_seed(seed)
-    states = sample(eps_model, schedule, (num_images, *image_shape), generator, trajectory=True, device=device)
+    states = sample(
+        eps_model, schedule, (num_images, *image_shape), generator=generator, trajectory=True, device=device
+    )
     keep = torch.linspace(0, len(states) - 1, frames).round().long()
     return states[keep].half().cpu()

@@ -3,10 +3,12 @@
 import time
 
 import torch
+from tqdm import tqdm
 
-from .. import data, metrics, store
-from ..fit import fit_classifier
+from .. import checkpoints, data, metrics, store
+from ..fit import classifier_epoch
 from ..models.classifier import Classifier
+from .ddpm import forget_other_runs
 
 
 def make_classifier(experiment, meta):
@@ -21,25 +23,66 @@ def accuracy(model, images, labels):
 
 
 def build_classifier(experiment, folder, device, time_budget, needed):
-    """Train the judge on the MNIST training images; write its weights and accuracies. Returns its meta."""
+    """Train the judge on the MNIST training images, epoch by epoch with a checkpoint after each (so that a time
+    budget stops it cleanly and the next call continues); write its weights and accuracies. Returns its meta."""
     config, started = experiment.config, time.perf_counter()
+    run = folder / "run"
+    forget_other_runs(run, config)
     train_images, train_labels = (tensor.to(device) for tensor in data.mnist_images(train=True))
-    test_images, test_labels = (tensor.to(device) for tensor in data.mnist_images(train=False))
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(config["seed"])  # the initial weights, and the dropout masks from here on
     meta = {"image_shape": list(train_images.shape[1:])}
     model = make_classifier(experiment, meta).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     generator = torch.Generator().manual_seed(config["seed"])
-    losses = fit_classifier(
-        model, train_images, train_labels, config["epochs"], config["batch_size"], config["lr"], generator
-    )
+    losses, seconds = [], 0.0
+    checkpoint = run / "checkpoint.safetensors"
+    if checkpoint.exists():
+        losses, seconds = _resume(checkpoint, model, optimizer, generator, device)
+    epochs = config["epochs"]
+    progress = tqdm(total=epochs, initial=len(losses), desc=experiment.name, unit="epoch")
+    while len(losses) < epochs:
+        if time_budget is not None and time.perf_counter() - started > time_budget:
+            progress.close()
+            print(f"{experiment.name}: trained {len(losses)}/{epochs} epochs; run the build again", flush=True)
+            return None
+        model.train()
+        losses.append(classifier_epoch(model, optimizer, train_images, train_labels, len(losses), epochs,
+                                       config["batch_size"], config["lr"], generator))  # fmt: skip
+        elapsed = seconds + time.perf_counter() - started
+        _save(checkpoint, model, optimizer, generator, losses, elapsed, device)
+        progress.set_postfix(loss=f"{losses[-1]:.4f}")
+        progress.update(1)
+    progress.close()
+    model.eval()
+    test_images, test_labels = (tensor.to(device) for tensor in data.mnist_images(train=False))
     found = {
         "test_accuracy": accuracy(model, test_images, test_labels),
         "train_accuracy": accuracy(model, train_images, train_labels),
         "epoch_losses": losses,
     }
-    seconds = time.perf_counter() - started
+    seconds += time.perf_counter() - started
     store.save_weights(folder, model.state_dict())
     store.save_json(folder, "metrics.json", found)
     print(f"{experiment.name}: test accuracy {found['test_accuracy']:.4f} in {seconds:.0f} s", flush=True)
-    steps = config["epochs"] * (len(train_images) // config["batch_size"])
+    steps = epochs * (len(train_images) // config["batch_size"])
     return {**meta, "seconds": seconds, "steps": steps, "final_loss": losses[-1]}
+
+
+def _save(path, model, optimizer, generator, losses, seconds, device):
+    optimizer_tensors, param_groups = checkpoints.optimizer_state(optimizer)
+    tensors = {
+        **checkpoints.prefixed("model", model.state_dict()),
+        **checkpoints.prefixed("optimizer", optimizer_tensors),
+        **checkpoints.prefixed("rng", checkpoints.rng_states(device)),
+        "generator": generator.get_state(),
+    }
+    checkpoints.save(path, tensors, {"losses": losses, "seconds": seconds, "param_groups": param_groups})
+
+
+def _resume(path, model, optimizer, generator, device):
+    tensors, meta = checkpoints.load(path, device)
+    model.load_state_dict(checkpoints.unprefixed("model", tensors))
+    checkpoints.restore_optimizer(optimizer, checkpoints.unprefixed("optimizer", tensors), meta["param_groups"])
+    checkpoints.restore_rng_states(checkpoints.unprefixed("rng", tensors), device)
+    generator.set_state(tensors["generator"].cpu())
+    return meta["losses"], meta["seconds"]

@@ -179,6 +179,12 @@ class UNet(nn.Module):
             return embedding
         if y is None:
             y = torch.full_like(t, self.num_classes)
+        if y.shape != t.shape or y.dtype not in (torch.int32, torch.int64):
+            expected, got = tuple(t.shape), f"{y.dtype} {tuple(y.shape)}"
+            raise ValueError(f"labels y must be an int64 or int32 tensor of shape {expected}, got {got}")
+        if y.device.type == "cpu" and ((y < 0) | (y > self.num_classes)).any():
+            bad, k = y[(y < 0) | (y > self.num_classes)][0].item(), self.num_classes
+            raise ValueError(f"label {bad} out of range: allowed 0..{k - 1}, or {k} for the null label")
         return embedding + self.class_embedding(y)
 
     def forward(self, x, t, y=None):

@@ -1,19 +1,33 @@
-"""Image data sets: layouts, value range, splits, labels, in-memory stacking and the errors for missing data.
+"""Data (data.py): image data sets (layouts, value range, splits, labels, in-memory stacking), pixel levels, and the
+errors for unknown names and missing data.
 
 CIFAR-10, CelebA and image folders are small fakes written in tmp_path in the
-exact on-disk layouts; MNIST uses the real files when they are there.
+exact on-disk layouts; MNIST is compared with the raw IDX files parsed by hand.
 """
 
 import pickle
+import re
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from diffusion_lib.data import IN_MEMORY, as_tensors, from_bytes, image_dataset, to_bytes
+from diffusion_lib.data import (
+    IN_MEMORY,
+    as_tensors,
+    data_root,
+    from_bytes,
+    image_dataset,
+    mnist,
+    mnist_images,
+    to_bytes,
+    toy_data,
+)
 
 CIFAR_TRAIN_PER_BATCH = 2  # 5 batches: 10 training images
+
+
 CIFAR_TEST = 3
 
 
@@ -100,6 +114,7 @@ def test_as_tensors_stacks_in_order(cifar_root):
 
 
 # CelebA: 178 x 218 JPEGs; the central 140 x 140 square spans columns 19..158 and rows 39..178.
+
 
 PARTITION = {1: 0, 2: 0, 3: 1, 4: 2, 5: 2}
 
@@ -198,8 +213,40 @@ def test_mnist_matches_the_raw_files(mnist_root):
     assert image_dataset("mnist", train=False, root=mnist_root, image_size=32)[0][0].shape == (1, 32, 32)
 
 
+def read_idx_images(path, n):
+    """The first n images of an IDX3 file, parsed by hand: a 16-byte header, then uint8 pixels row by row."""
+    with open(path, "rb") as file:
+        magic, count, rows, cols = (int.from_bytes(file.read(4), "big") for _ in range(4))
+        assert magic == 2051, f"{path} is not an IDX3 image file"
+        pixels = torch.frombuffer(bytearray(file.read(n * rows * cols)), dtype=torch.uint8)
+    return pixels.reshape(n, 1, rows, cols)
+
+
+def test_mnist_images_are_signed_and_match_the_raw_file():
+    raw = data_root() / "MNIST" / "raw"
+    if not (raw / "train-images-idx3-ubyte").exists():
+        pytest.skip(f"MNIST is not under {raw.resolve()} (set DIFFUSION_DATA to a folder holding MNIST/raw/)")
+    images, labels = mnist_images(100)
+    assert images.shape == (100, 1, 28, 28) and images.dtype == torch.float32
+    assert images.min() == -1 and images.max() == 1
+    assert labels.shape == (100,) and 0 <= labels.min() and labels.max() <= 9
+    expected = read_idx_images(raw / "train-images-idx3-ubyte", 100).double() / 255 * 2 - 1
+    torch.testing.assert_close(images.double(), expected, rtol=0, atol=1e-6)
+
+
 def test_in_memory_sets_are_known_names():
     assert set(IN_MEMORY) == {"mnist", "cifar10", "digits"}
+
+
+def test_pixel_levels_round_trip():
+    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    signed_levels = from_bytes(levels)
+    assert signed_levels.dtype == torch.float32
+    assert signed_levels.min() == -1 and signed_levels.max() == 1
+    assert (signed_levels.flatten().diff() > 0).all()
+    assert torch.equal(to_bytes(signed_levels), levels)
+    clamped = to_bytes(torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0]))
+    assert torch.equal(clamped, torch.tensor([0, 0, 128, 255, 255], dtype=torch.uint8))
 
 
 # Errors.
@@ -253,12 +300,35 @@ def test_folder_needs_image_size(tmp_path):
         image_dataset(f"folder:{tmp_path}")
 
 
-def test_pixel_levels_round_trip():
-    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
-    signed_levels = from_bytes(levels)
-    assert signed_levels.dtype == torch.float32
-    assert signed_levels.min() == -1 and signed_levels.max() == 1
-    assert (signed_levels.flatten().diff() > 0).all()
-    assert torch.equal(to_bytes(signed_levels), levels)
-    clamped = to_bytes(torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0]))
-    assert torch.equal(clamped, torch.tensor([0, 0, 128, 255, 255], dtype=torch.uint8))
+def test_mnist_missing_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(str((tmp_path / "MNIST" / "raw").resolve()))):
+        mnist_images(4, root=tmp_path)
+
+
+def test_mnist_images_rejects_bad_n():
+    with pytest.raises(ValueError, match="n must be a positive number of images"):
+        mnist_images(0)
+
+
+def test_unknown_toy_data_set(mentions):
+    with pytest.raises(ValueError, match=mentions("'spiral'", "moons", "swiss_roll", "gaussian_mixture")):
+        toy_data("spiral", 10)
+
+
+def test_missing_mnist_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path.resolve()))):
+        mnist_images(10, root=tmp_path)
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path.resolve()))):
+        mnist(train=False, root=tmp_path)
+
+
+def test_missing_mnist_under_diffusion_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFUSION_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path.resolve()))):
+        mnist_images(10)
+
+
+@pytest.mark.parametrize("n", [0, -5, 2.5])
+def test_mnist_images_needs_a_positive_count(tmp_path, n, mentions):
+    with pytest.raises(ValueError, match=mentions("n", repr(n))):
+        mnist_images(n, root=tmp_path)

@@ -1,0 +1,94 @@
+"""Draw images from a stored diffusion model or a training run, and write them as a PNG grid and a tensor file.
+
+diffusion-sample mnist-ddpm --n 64 --sampler ddim --steps 50 --seed 0 --out samples/
+python -m diffusion_lib.generate runs/digits-1a2b3c4d --n 16 --sampler ddpm --device cpu --out samples/
+"""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from . import artifacts, store
+from .experiments import EXPERIMENTS
+from .sampling import SAMPLERS
+from .train import program_name
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def unit_interval(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {value}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=program_name("diffusion_lib.generate", "diffusion-sample"),
+        description=__doc__.split("\n\n")[0],
+        epilog="Defaults are shown in brackets. The same options and seed give the same images.",
+    )
+    source = parser.add_argument_group("model")
+    source.add_argument("source", metavar="NAME_OR_RUN_FOLDER",
+                        help=f"a stored artifact ({', '.join(EXPERIMENTS)}) or a training run folder")  # fmt: skip
+    source.add_argument("--label", type=int, default=None, help="class label for a conditional model [none]")
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--n", type=positive_int, default=64, help="number of images [64]")
+    sampling.add_argument("--sampler", choices=list(SAMPLERS), default="ddpm", help="the sampler [ddpm]")
+    sampling.add_argument("--steps", type=positive_int, default=None, help="sampling steps [all T of the model]")
+    sampling.add_argument("--eta", type=unit_interval, default=0.0, help="noise level of the ddim sampler [0]")
+    sampling.add_argument("--seed", type=int, default=0, help="seed of the noises [0]")
+    hardware = parser.add_argument_group("hardware and output")
+    hardware.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                          help="cpu, cuda or cuda:N [cuda if available]")  # fmt: skip
+    hardware.add_argument("--out", type=Path, default=Path("samples"), help="folder to write into [samples]")
+    return parser
+
+
+def open_source(source):
+    """The artifact of that name, or the training run in that folder."""
+    if source in EXPERIMENTS:
+        return artifacts.load(source)
+    if Path(source).is_dir():
+        return artifacts.load_run(source)
+    raise ValueError(f"{source!r} is neither a stored artifact ({', '.join(EXPERIMENTS)}) nor a run folder")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.eta != 0 and args.sampler != "ddim":
+        parser.error(f"argument --eta: applies to --sampler ddim only, got --eta {args.eta} with {args.sampler}")
+    try:
+        model = open_source(args.source)
+        if args.steps is not None and model.schedule is not None and args.steps > model.schedule.T:
+            parser.error(f"argument --steps: must be at most the model's T = {model.schedule.T}, got {args.steps}")
+        labels = None if args.label is None else torch.full((args.n,), args.label)
+        images = model.sample(args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
+                              device=args.device, labels=labels, progress=True)  # fmt: skip
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+    settings = {key: value for key, value in vars(args).items() if key != "out"}
+    store.save_grid(args.out, "samples.png", images, nrow=math.ceil(math.sqrt(args.n)))
+    store.save_tensors(args.out, "samples.safetensors", {"images": images})
+    store.save_json(args.out, "settings.json", settings)
+    print(json.dumps({"images": args.n, "out": str(args.out), "grid": str(args.out / "samples.png")}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Exact denoisers: the minimisers of the denoising loss for data whose distribution is known.
+
+For any data distribution the best prediction of the noise is
+eps*(x_t, t) = (x_t - sqrt(alpha_bar_t) E[x_0 | x_t]) / sqrt(1 - alpha_bar_t)
+(eq. `optimal-eps`), so each class here computes the posterior mean
+E[x_0 | x_t] in closed form and is a callable (x_t, t) -> eps*, which every
+sampler runs like a trained network. Computations follow the dtype of x_t.
+"""
+
+import torch
+
+from .parameterization import eps_from_x0
+
+
+class GaussianDenoiser:
+    """Data N(mu, Sigma): E[x_0 | x_t] = mu + s Sigma (s^2 Sigma + (1 - alpha_bar) I)^(-1) (x_t - s mu), eq.
+    `gaussian-denoiser`, with s = sqrt(alpha_bar_t); computed in the eigenbasis of Sigma."""
+
+    def __init__(self, mean, covariance, schedule):
+        self.mean, self.schedule = mean, schedule
+        self.variances, self.basis = torch.linalg.eigh(covariance)
+
+    def x0(self, xt, t):
+        """E[x_0 | x_t] for x_t of shape (B, d)."""
+        alpha_bar = self.schedule.at(self.schedule.alpha_bars, t, xt)
+        s, variances = alpha_bar.sqrt(), self.variances.to(xt.dtype)
+        mean, basis = self.mean.to(xt.dtype), self.basis.to(xt.dtype)
+        gain = s * variances / (s**2 * variances + 1 - alpha_bar)  # (B, d): one factor per eigendirection
+        return mean + ((xt - s * mean) @ basis * gain) @ basis.T
+
+    def __call__(self, xt, t):
+        return eps_from_x0(self.schedule, xt, t, self.x0(xt, t))
+
+
+class MixtureDenoiser:
+    """Data from a mixture of N(mu_k, std^2 I) with weights w_k, eq. `mixture-denoiser`:
+
+    E[x_0 | x_t] = m + s std^2 / v (x_t - s m), with m = sum_k r_k(x_t) mu_k, v = s^2 std^2 + 1 - alpha_bar_t,
+    and responsibilities r_k proportional to w_k exp(-|x_t - s mu_k|^2 / (2 v)). With std = 0 and equal
+    weights it is the optimal denoiser of the finite set {mu_k} (see :class:`EmpiricalDenoiser`). The sum
+    over components runs in chunks with a running maximum (a streaming softmax), so that tens of thousands
+    of components fit in memory.
+    """
+
+    def __init__(self, means, schedule, std=0.0, weights=None, chunk_size=4096):
+        self.shape, self.means = tuple(means.shape[1:]), means.flatten(1)
+        self.schedule, self.std, self.chunk_size = schedule, std, chunk_size
+        weights = torch.ones(len(means), dtype=means.dtype) if weights is None else torch.as_tensor(weights)
+        self.log_weights = (weights / weights.sum()).log()
+        self.squared_norms = self.means.pow(2).sum(1)
+
+    def _levels(self, xt, t):
+        if tuple(xt.shape[1:]) != self.shape:
+            raise ValueError(
+                f"x_t has shape {tuple(xt.shape)} but the data have shape (N, {', '.join(map(str, self.shape))})"
+            )
+        alpha_bar = self.schedule.at(self.schedule.alpha_bars, t, xt.flatten(1))
+        return alpha_bar.sqrt(), alpha_bar * self.std**2 + 1 - alpha_bar
+
+    def _logits(self, x, s, v, chunk):
+        """log r_k up to a constant per row: log w_k + (s x . mu_k - s^2 |mu_k|^2 / 2) / v (|x|^2 cancels)."""
+        means = self.means[chunk].to(x.dtype)
+        log_weights = self.log_weights[chunk].to(x.dtype)
+        return log_weights + (s * x @ means.T - s**2 / 2 * self.squared_norms[chunk].to(x.dtype)) / v
+
+    def posterior(self, xt, t):
+        """The responsibilities r_k(x_t), shape (B, K): the posterior probability of each component."""
+        x = xt.flatten(1)
+        s, v = self._levels(xt, t)
+        logits = torch.cat([self._logits(x, s, v, chunk) for chunk in self._chunks()], dim=1)
+        return logits.softmax(dim=1)
+
+    def _chunks(self):
+        return [slice(start, start + self.chunk_size) for start in range(0, len(self.means), self.chunk_size)]
+
+    def x0(self, xt, t):
+        """E[x_0 | x_t], shaped like x_t."""
+        x = xt.flatten(1)
+        s, v = self._levels(xt, t)
+        running_max = torch.full((len(x), 1), -torch.inf, dtype=x.dtype, device=x.device)
+        total, weighted = torch.zeros_like(running_max), torch.zeros_like(x)
+        for chunk in self._chunks():
+            logits = self._logits(x, s, v, chunk)
+            new_max = torch.maximum(running_max, logits.max(dim=1, keepdim=True).values)
+            rescale, exponentials = (running_max - new_max).exp(), (logits - new_max).exp()
+            total = total * rescale + exponentials.sum(dim=1, keepdim=True)
+            weighted = weighted * rescale + exponentials @ self.means[chunk].to(x.dtype)
+            running_max = new_max
+        mean = weighted / total
+        return (mean + s * self.std**2 / v * (x - s * mean)).reshape(xt.shape)
+
+    def __call__(self, xt, t):
+        return eps_from_x0(self.schedule, xt, t, self.x0(xt, t))
+
+
+class EmpiricalDenoiser(MixtureDenoiser):
+    """The optimal denoiser of a finite training set, eq. `empirical-denoiser`: E[x_0 | x_t] is the average of
+    the training images y_n weighted by softmax_n(-|x_t - sqrt(alpha_bar_t) y_n|^2 / (2 (1 - alpha_bar_t))).
+
+    Its estimate is always a convex combination of training images, and as t -> 0 the weights collapse onto
+    the nearest one: sampling with it can only return training images.
+    """
+
+    def __init__(self, images, schedule, chunk_size=4096):
+        super().__init__(images, schedule, std=0.0, chunk_size=chunk_size)

@@ -1,0 +1,76 @@
+"""The evaluation protocol (evaluation.py): every measure of evaluate_samples against the same measure computed
+here from first principles, on a small MNIST (256 training and 128 test images, conftest.py).
+
+The MNIST images are parsed from the raw IDX files by hand; the judge is a fixed
+random Classifier; features, probabilities, fractions and nearest-neighbour
+distances are computed directly, and FID through metrics.fid (which
+test_metrics.py checks against scipy) on the features computed here.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_lib import metrics
+from diffusion_lib.evaluation import evaluate_samples
+from diffusion_lib.models.classifier import Classifier
+
+
+def raw_images(root, split):
+    """All images of an IDX3 file of the small MNIST, in [-1, 1], parsed by hand (a 16-byte header, then pixels)."""
+    pixels = np.fromfile(root / "MNIST" / "raw" / f"{split}-images-idx3-ubyte", dtype=np.uint8, offset=16)
+    return torch.tensor(pixels.reshape(-1, 1, 28, 28), dtype=torch.float32) / 127.5 - 1
+
+
+@pytest.fixture(scope="module")
+def evaluated(small_mnist_root):
+    """evaluate_samples on 64 noisy copies of training images, with reference_size 100, and what it needs."""
+    train, test = raw_images(small_mnist_root, "train"), raw_images(small_mnist_root, "t10k")
+    assert len(train) == 256 and len(test) == 128
+    generator = torch.Generator().manual_seed(0)
+    samples = (train[:64] + 0.3 * torch.randn(64, 1, 28, 28, generator=generator)).clamp(-1, 1)
+    torch.manual_seed(0)
+    judge = Classifier().eval()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DIFFUSION_DATA", str(small_mnist_root))
+        found = evaluate_samples(samples, judge, "cpu", reference_size=100)
+    return found, samples, judge, train, test
+
+
+def test_fid_is_against_the_test_images_and_the_floor_against_reference_training_images(evaluated):
+    found, samples, judge, train, test = evaluated
+    with torch.no_grad():
+        features, test_features, train_features = judge.features(samples), judge.features(test), judge.features(train)
+    expected = metrics.fid(features, test_features)
+    # The same features in the same order: only float64 rounding of the Frechet distance can differ.
+    assert found["fid"] == pytest.approx(expected, rel=1e-9)
+    assert found["fid_floor"] == pytest.approx(metrics.fid(train_features[:100], test_features), rel=1e-9)
+    # The check can tell the sets apart: against the training images (where the samples come from) or against
+    # all 256 training images as the floor's reference, the values differ by far more than the tolerance.
+    assert abs(metrics.fid(features, train_features) - expected) > 1e-3 * expected
+    assert abs(metrics.fid(train_features, test_features) - found["fid_floor"]) > 1e-3 * found["fid_floor"]
+
+
+def test_classifier_measures_by_hand(evaluated):
+    found, samples, judge, _, _ = evaluated
+    with torch.no_grad():
+        probabilities = judge(samples).double().softmax(dim=1)
+    top = probabilities.max(dim=1)
+    assert found["num_samples"] == 64
+    # float32 logits: probabilities within 1e-6 of these; no sample lies that close to the 0.9 threshold here.
+    assert ((top.values - 0.9).abs() > 1e-5).all()
+    assert found["confident_fraction"] == pytest.approx((top.values >= 0.9).double().mean().item(), abs=1e-12)
+    counts = [(top.indices == k).sum().item() for k in range(10)]
+    assert found["class_fractions"] == pytest.approx([c / 64 for c in counts], abs=1e-12)
+
+
+def test_nearest_training_distances_by_brute_force(evaluated):
+    found, samples, _, train, test = evaluated
+
+    def median_nearest(x):
+        distances = ((x.flatten(1).double()[:, None] - train.flatten(1).double()[None]) ** 2).sum(-1).sqrt()
+        return distances.min(dim=1).values.median().item()
+
+    # float32 distances of about 10 over 784 pixels: a few units of 1e-6 relative.
+    assert found["median_nearest_train_distance"] == pytest.approx(median_nearest(samples), rel=1e-5)
+    assert found["median_test_nearest_train_distance"] == pytest.approx(median_nearest(test), rel=1e-5)
