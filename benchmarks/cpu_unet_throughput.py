@@ -6,7 +6,7 @@ beside the largest difference of its output from the reference's on the
 same input, in units of bfloat16's relative rounding (2^-8) of the
 output's largest value.
 
-    python benchmarks/cpu_unet_throughput.py [--threads 2] [--batches 16,64,256] [--seconds 20]
+    python benchmarks/cpu_unet_throughput.py [--threads 2] [--batches 16,64,256] [--seconds 20] [--only float32]
 """
 
 import argparse
@@ -66,6 +66,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", default="16,64,256")
     parser.add_argument("--seconds", type=float, default=20.0, help="timing per variant and batch size")
+    parser.add_argument("--only", default="", help="time only the variants whose name holds this (and the reference)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     network = artifacts.load("mnist-ddpm").model
@@ -76,6 +77,8 @@ def main(argv=None):
         t = torch.randint(0, 1000, (batch,), generator=generator)
         reference_output, reference_rate = None, None
         for name, (module, layout, dtype, grad_mode) in variants(network).items():
+            if reference_output is not None and args.only not in name:
+                continue
             x_in = x.contiguous(memory_format=layout)
             output = run(module, x_in, t, dtype, grad_mode)
             speed = rate(module, x_in, t, dtype, grad_mode, args.seconds)

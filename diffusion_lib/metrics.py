@@ -160,7 +160,7 @@ def kid(features1, features2):
 
 
 def precision_recall(real, generated, k=3):
-    """Improved precision and recall (Kynkaanniemi et al. 2019), eq. `precision-recall`, of feature sets (n, d).
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of feature sets (n, d).
 
     Each set's manifold is the union of balls around its points with radius the distance to the k-th nearest
     other point of the set. Precision: the fraction of generated points inside the real manifold; recall: the
