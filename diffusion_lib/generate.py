@@ -16,6 +16,9 @@ from .experiments import EXPERIMENTS
 from .sampling import SAMPLERS
 from .train import program_name
 
+# The stored artifacts that hold a trained diffusion model (those whose config has a training part).
+DIFFUSION_MODELS = [name for name, experiment in EXPERIMENTS.items() if "train" in experiment.config]
+
 
 def positive_int(text):
     try:
@@ -45,7 +48,7 @@ def build_parser():
     )
     source = parser.add_argument_group("model")
     source.add_argument("source", metavar="NAME_OR_RUN_FOLDER",
-                        help=f"a stored artifact ({', '.join(EXPERIMENTS)}) or a training run folder")  # fmt: skip
+                        help=f"a stored model ({', '.join(DIFFUSION_MODELS)}) or a training run folder")  # fmt: skip
     source.add_argument("--label", type=int, default=None, help="class label for a conditional model [none]")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--n", type=positive_int, default=64, help="number of images [64]")
@@ -62,11 +65,11 @@ def build_parser():
 
 def open_source(source):
     """The artifact of that name, or the training run in that folder."""
-    if source in EXPERIMENTS:
+    if source in DIFFUSION_MODELS:
         return artifacts.load(source)
     if Path(source).is_dir():
         return artifacts.load_run(source)
-    raise ValueError(f"{source!r} is neither a stored artifact ({', '.join(EXPERIMENTS)}) nor a run folder")
+    raise ValueError(f"{source!r} is neither a stored diffusion model ({', '.join(DIFFUSION_MODELS)}) nor a run folder")
 
 
 def main(argv=None):
