@@ -883,3 +883,14 @@ def test_the_judge_build_stops_at_its_time_budget_and_resumes_exactly(tmp_path, 
     found, expected = (json.loads((path / "metrics.json").read_text()) for path in (stopped, whole))
     assert found == expected and len(found["epoch_losses"]) == 2
     assert finished["final_loss"] == uninterrupted["final_loss"] == found["epoch_losses"][-1]
+
+
+def test_the_sampling_command_names_only_the_stored_diffusion_models(capsys):
+    from diffusion_lib import generate
+
+    assert generate.DIFFUSION_MODELS == ["mnist-ddpm"]
+    with pytest.raises(SystemExit) as stopped:
+        generate.main(["mnist-classifier", "--n", "2"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "'mnist-classifier' is neither a stored diffusion model (mnist-ddpm) nor a run folder" in error
