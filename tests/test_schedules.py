@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from step_index_checks import step_index_tests
 
 from diffusion_lib import NoiseSchedule
 
@@ -456,29 +457,7 @@ T_USERS = {
 }
 
 
-@pytest.mark.parametrize("use", T_USERS.values(), ids=T_USERS.keys())
-@pytest.mark.parametrize(
-    "t, bad", [(-1, -1), (T, T), (torch.tensor([0, 3, T, 1]), T), (torch.tensor([0, -2, 1, 1]), -2)], ids=str
-)
-def test_t_out_of_range(schedule, use, t, bad, mentions):
-    with pytest.raises(ValueError, match=mentions("t", str(bad), str(T - 1))):
-        use(schedule, t)
-
-
-@pytest.mark.parametrize("use", T_USERS.values(), ids=T_USERS.keys())
-@pytest.mark.parametrize(
-    "t, shape", [(torch.tensor([0, 1, 2]), "(3,)"), (torch.zeros(4, 1, dtype=torch.long), "(4, 1)")]
-)
-def test_t_must_have_one_entry_per_example(schedule, use, t, shape, mentions):
-    with pytest.raises(ValueError, match=mentions("t", "(4,)", shape)):
-        use(schedule, t)
-
-
-@pytest.mark.parametrize("use", T_USERS.values(), ids=T_USERS.keys())
-@pytest.mark.parametrize("t, shown", [(torch.tensor([1.0, 2.0, 3.0, 4.0]), "1."), (1.5, "1.5")])
-def test_t_must_be_an_integer(schedule, use, t, shown, mentions):
-    with pytest.raises(TypeError, match=mentions("t", "int", shown)):
-        use(schedule, t)
+test_t_out_of_range, test_t_must_have_one_entry_per_example, test_t_must_be_an_integer = step_index_tests(T_USERS)
 
 
 A, B, ROW = torch.zeros(4, 2), torch.zeros(4, 3), torch.zeros(1, 2)

@@ -6,12 +6,6 @@ set -euo pipefail
 if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
   exit 0
 fi
-SUDO=""
-if [ "$(id -u)" != 0 ]; then
-  SUDO=sudo
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-dejavu-core >/dev/null
+bash "$(dirname "$0")/apt_install.sh" chromium chromium-driver fonts-dejavu-core
 chromium --version
 chromedriver --version

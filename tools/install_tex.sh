@@ -10,13 +10,7 @@ if command -v xelatex >/dev/null && command -v latexmk >/dev/null && kpsewhich f
   && fc-list | grep -q FreeSerif; then
   exit 0
 fi
-SUDO=""
-if [ "$(id -u)" != 0 ]; then
-  SUDO=sudo
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends \
+bash "$(dirname "$0")/apt_install.sh" \
   latexmk texlive-xetex texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended \
-  texlive-fonts-extra texlive-plain-generic fonts-freefont-otf lmodern make >/dev/null
+  texlive-fonts-extra texlive-plain-generic fonts-freefont-otf lmodern make
 xelatex --version | head -1
