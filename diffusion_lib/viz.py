@@ -1,7 +1,37 @@
-"""Figures: point clouds, reverse trajectories, image grids and schedule curves."""
+"""Figures: point clouds, reverse trajectories, image grids and schedule curves.
+
+Every figure is drawn for the book's text column, 700 pixels wide: at 100 dots per inch that is
+``COLUMN_WIDTH`` = 7 inches, so a figure no wider is shown at its own size, and its 8- and 9-point
+labels stay legible. ``use_book_style`` sets this up; the functions that make whole figures narrow
+their panels so that a row of them fits the column.
+"""
 
 import matplotlib.pyplot as plt
 import torch
+
+COLUMN_WIDTH = 7.0
+STYLE = {
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+}
+
+
+def use_book_style():
+    """Draw the figures that follow at the book's resolution and type sizes (STYLE)."""
+    plt.rcParams.update(STYLE)
+
+
+def panel_row(count, size, height=None):
+    """The figsize of a row of `count` panels of width `size` (and the given height, else square), narrowed so
+    that the row fits the column."""
+    width = min(size, COLUMN_WIDTH / count)
+    return width * count, height if height is not None else width
 
 
 def scatter(ax, points, title=None, limit=1.25, **style):
@@ -16,7 +46,7 @@ def scatter(ax, points, title=None, limit=1.25, **style):
 
 def snapshots(trajectory, indices, labels, limit=1.25, size=2.4):
     """One scatter panel per chosen state of a trajectory (steps, n, 2); returns the figure."""
-    fig, axes = plt.subplots(1, len(indices), figsize=(size * len(indices), size), squeeze=False)
+    fig, axes = plt.subplots(1, len(indices), figsize=panel_row(len(indices), size), squeeze=False)
     for ax, index, label in zip(axes[0], indices, labels, strict=True):
         scatter(ax, trajectory[index], title=label, limit=limit)
     fig.tight_layout()
@@ -59,7 +89,7 @@ def show_images(ax, images, nrow, title=None):
     return ax
 
 
-def schedule_curves(schedules, size=(10, 3.2)):
+def schedule_curves(schedules, size=(COLUMN_WIDTH, 2.6)):
     """alpha_bar_t, log SNR and beta_t against t/T for a dict {name: NoiseSchedule}; returns the figure."""
     fig, (ax_bar, ax_snr, ax_beta) = plt.subplots(1, 3, figsize=size)
     for name, schedule in schedules.items():
@@ -93,7 +123,9 @@ def image_table(cells, row_labels, column_labels, nrow=1, size=1.4):
             f"cells must be {len(row_labels)} rows (one per row label) of {len(column_labels)} entries "
             f"(one per column label), got rows of lengths {[len(row) for row in cells]}"
         )
-    fig, axes = plt.subplots(len(cells), len(column_labels), figsize=(size * len(column_labels), size * len(cells)))
+    width, _ = panel_row(len(column_labels), size)
+    height = width / len(column_labels) * len(cells)
+    fig, axes = plt.subplots(len(cells), len(column_labels), figsize=(width, height))
     axes = axes.reshape(len(cells), len(column_labels))
     for i, (row, row_label) in enumerate(zip(cells, row_labels, strict=True)):
         for j, (ax, images) in enumerate(zip(axes[i], row, strict=True)):
@@ -108,7 +140,7 @@ def normal_histograms(samples, bins=80, limit=4.0, size=2.4):
 
     Each panel has its own vertical scale, so that a tall spike does not flatten the other panels.
     """
-    fig, axes = plt.subplots(1, len(samples), figsize=(size * len(samples), size), squeeze=False)
+    fig, axes = plt.subplots(1, len(samples), figsize=panel_row(len(samples), size), squeeze=False)
     grid = torch.linspace(-limit, limit, 401)
     normal_density = torch.exp(-(grid**2) / 2) / (2 * torch.pi) ** 0.5
     for ax, (label, values) in zip(axes[0], samples.items(), strict=True):
@@ -180,7 +212,7 @@ def filmstrip(ax, frames, labels=None, title=None):
 
 def training_curves(history, keys, ylabels=None, yscales=None, size=(3.4, 2.8)):
     """One panel per key of a training history (records {"step": ..., key: value}) against step; returns the figure."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(size[0] * len(keys), size[1]), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=panel_row(len(keys), *size), squeeze=False)
     steps = [record["step"] for record in history]
     for i, (ax, key) in enumerate(zip(axes[0], keys, strict=True)):
         ax.plot(steps, [record[key] for record in history], marker=".", ms=3, lw=1)

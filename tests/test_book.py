@@ -14,6 +14,8 @@ import nbformat
 import pytest
 import yaml
 
+from diffusion_lib import viz
+
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.md"))
@@ -81,6 +83,16 @@ def test_code_cells_import_the_library_and_seed(chapter):
     code = "\n".join(code_sources(chapter)[1:])
     assert "diffusion_lib" in code
     assert "manual_seed" in code
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids)
+def test_figures_are_drawn_for_the_text_column(chapter):
+    """Each chapter with figures uses the book's style, and no figure is wider than the column (viz.py)."""
+    code = "\n".join(code_sources(chapter))
+    if "plt." in code or "viz." in code:
+        assert "viz.use_book_style()" in code
+    widths = [float(width) for width in re.findall(r"figsize=\(([0-9.]+),", code)]
+    assert all(width <= viz.COLUMN_WIDTH for width in widths), f"figure widths {widths} exceed the column"
 
 
 def _docstring_equation_labels():

@@ -208,3 +208,32 @@ def test_class_bars_group_the_bars_by_class():
     centres = [bar.get_x() + bar.get_width() / 2 for bar in real]
     assert centres == pytest.approx([-0.2, 0.8, 1.8])
     assert list(ax.get_xticks()) == [0, 1, 2]
+
+
+def test_the_book_style_maps_the_column_width_to_the_700_pixel_column():
+    viz.use_book_style()
+    assert viz.COLUMN_WIDTH * plt.rcParams["figure.dpi"] == 700
+    assert plt.rcParams["savefig.dpi"] == plt.rcParams["figure.dpi"]
+    assert min(plt.rcParams[key] for key in ("font.size", "xtick.labelsize", "legend.fontsize")) >= 8
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda: viz.snapshots(torch.zeros(8, 5, 2), range(8), [f"{k}" for k in range(8)]),
+        lambda: viz.schedule_curves({"linear": NoiseSchedule.linear(10)}),
+        lambda: viz.image_table([[constant_images([0.0])] * 9], ["row"], [f"{k}" for k in range(9)]),
+        lambda: viz.normal_histograms({f"{k}": torch.randn(50) for k in range(6)}),
+        lambda: viz.training_curves([{"step": 1, "a": 1.0, "b": 2.0, "c": 3.0}], ["a", "b", "c"]),
+    ],
+    ids=["snapshots", "schedule_curves", "image_table", "normal_histograms", "training_curves"],
+)
+def test_whole_figures_fit_the_column_however_many_panels(draw):
+    width, height = draw().get_size_inches()
+    assert width <= viz.COLUMN_WIDTH + 1e-9 and height > 0
+
+
+def test_a_panel_row_keeps_its_size_when_it_fits_and_narrows_when_it_does_not():
+    assert viz.panel_row(2, 2.4) == (4.8, 2.4)
+    assert viz.panel_row(4, 2.4, height=1.0) == (viz.COLUMN_WIDTH, 1.0)
+    assert viz.panel_row(5, 2.4) == pytest.approx((viz.COLUMN_WIDTH, viz.COLUMN_WIDTH / 5))
