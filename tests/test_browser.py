@@ -4,7 +4,8 @@ Serves book/_build/html on 127.0.0.1 and opens every page. Each page must load
 with no severe console message and no failed request, load every image, take
 every resource (MathJax included) from the site itself, have every formula
 typeset by MathJax (no raw TeX left, no TeX error), keep wide display equations
-scrollable instead of cut off, link equation references to equations that
+scrollable instead of cut off, keep code inside the text column and figures
+within a tenth of their own size, link equation references to equations that
 exist, show one search field, and open a solution dropdown when its title is
 clicked. A full-page screenshot of each chapter is saved in
 book/_build/screenshots/ for review.
@@ -81,6 +82,11 @@ return {
   equationLinks: [...document.querySelectorAll('a[href*="#equation-"]:not(.headerlink)')]
     .map(a => ({href: a.href, text: a.textContent.trim()})),
   searchFields: [...document.querySelectorAll('.search-button-field')].filter(visible).length,
+  sidewaysCode: [...document.querySelectorAll('div.cell_input pre')].filter(visible)
+    .filter(p => p.scrollWidth > p.clientWidth + 1).map(p => p.textContent.slice(0, 60)),
+  shrunkFigures: [...document.querySelectorAll('div.cell_output img')].filter(visible)
+    .filter(i => i.naturalWidth > 0 && i.clientWidth < 0.9 * i.naturalWidth)
+    .map(i => `${i.naturalWidth} px shown at ${i.clientWidth} px`),
 };
 """
 
@@ -200,6 +206,8 @@ def check_page(driver, base, name):
         ("untypeset", "math elements MathJax left untypeset"),
         ("texErrors", "TeX errors"),
         ("clippedEquations", "display equations cut off"),
+        ("sidewaysCode", "code cells that scroll sideways"),
+        ("shrunkFigures", "figures wider than the column, shown shrunk by more than a tenth"),
     ):
         if facts[key]:
             problems.append(f"{what}: {facts[key]}")
