@@ -23,7 +23,7 @@ from diffusion_lib import NoiseSchedule, ddpm_step, sample, sample_loop
 from diffusion_lib.models import MLPDenoiser
 from diffusion_lib.optimal import GaussianDenoiser
 from diffusion_lib.parameterization import x0_from_eps
-from diffusion_lib.sampling import ddim_invert, ddim_step, slerp
+from diffusion_lib.sampling import ddim_invert, ddim_step, langevin, slerp
 
 f64 = torch.float64
 
@@ -644,3 +644,19 @@ def test_an_unknown_sampler_is_refused_before_anything_is_drawn():
     assert torch.equal(generator.get_state(), state)
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
         sample_loop(lambda x, t: x, schedule, torch.zeros(2, 3), sampler="euler")  # raised on the call itself
+
+
+def test_langevin_on_a_gaussian_follows_its_autoregression_in_closed_form():
+    """For N(m, s^2) the score is -(x - m) / s^2, so each Langevin step is x <- a x + (1 - a) m + sqrt(delta) z with
+    a = 1 - delta / (2 s^2): after k steps from x_0 the mean is m + a^k (x_0 - m) and the variance
+    delta (1 - a^(2k)) / (1 - a^2), which tends to s^2 / (1 - delta / (4 s^2)), the step's bias above s^2."""
+    m, s, delta, k, x_start, n = 0.7, 0.5, 0.05, 40, -2.0, 200_000
+    a = 1 - delta / (2 * s**2)
+    x = langevin(lambda x: -(x - m) / s**2, torch.full((n,), x_start, dtype=f64), delta, k,
+                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    mean = m + a**k * (x_start - m)
+    variance = delta * (1 - a ** (2 * k)) / (1 - a**2)
+    # Monte Carlo: 5 standard errors; the standard error of a sample variance is variance * sqrt(2 / (n - 1)).
+    assert abs(x.mean().item() - mean) < 5 * math.sqrt(variance / n)
+    assert abs(x.var().item() - variance) < 5 * variance * math.sqrt(2 / (n - 1))
+    assert x.var().item() > s**2 * (1 - a ** (2 * k)) + 10 * variance * math.sqrt(2 / (n - 1))  # the step's bias
