@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from . import checkpoints, store
 from .engine import build_unet
 from .experiments import EXPERIMENTS
+from .guidance import classifier_free
 from .parameterization import as_eps_model
 from .sampling import sample
 from .schedules import NoiseSchedule
@@ -65,18 +66,28 @@ class Artifact:
         return json.loads((self.path / "history.json").read_text())
 
     @torch.no_grad()
-    def sample(self, n, sampler="ddpm", steps=None, eta=0.0, seed=0, device="cpu", labels=None, progress=False):
+    def sample(self, n, sampler="ddpm", steps=None, eta=0.0, seed=0, device="cpu", labels=None, progress=False,
+               guidance_scale=None):  # fmt: skip
         """n images (n, C, H, W) in [-1, 1] (clamped) from this diffusion model, on the CPU in float32.
 
-        ``steps`` respaces the chain (all T steps when None); ``labels`` (n,) conditions a conditional model.
-        The same seed gives the same images.
+        ``steps`` respaces the chain (all T steps when None); ``labels`` (n,) conditions a conditional model,
+        and ``guidance_scale`` w, when given, guides it without a classifier
+        (:func:`~diffusion_lib.guidance.classifier_free`; w = 1 is the plain conditional model). The same seed
+        gives the same images.
         """
         if self.schedule is None:
             raise ValueError(f"artifact {self.name!r} is not a diffusion model; it cannot sample")
         model = self.model.to(device) if isinstance(self.model, torch.nn.Module) else self.model
+        if guidance_scale is not None and labels is None:
+            raise ValueError("guidance_scale needs labels: guidance steers towards a class")
+        if guidance_scale is not None and self.meta.get("num_classes") is None:
+            raise ValueError(f"guidance_scale needs a conditional model; {self.name!r} was trained without labels")
         if labels is not None:
             labels = torch.as_tensor(labels, device=device)
-            conditional, model = model, lambda x, t: conditional(x, t, labels)
+            if guidance_scale is not None:
+                model = classifier_free(model, labels, guidance_scale, null_label=self.meta.get("num_classes"))
+            else:
+                conditional, model = model, lambda x, t: conditional(x, t, labels)
         generator = torch.Generator(device).manual_seed(seed)
         x = sample(model, self.schedule.to(device), (n, *self.image_shape), sampler=sampler, num_steps=steps,
                    eta=eta, generator=generator, device=device, progress=progress)  # fmt: skip
@@ -202,9 +213,10 @@ def main(argv=None):
     commands.add_parser("status", help="list the artifacts and whether each is missing, stale or ok")
     args = parser.parse_args(argv)
     if args.command == "status":
+        width = max(map(len, EXPERIMENTS))
         for name in EXPERIMENTS:
             state, device = status(name)
-            print(f"{name:20s} {state}" + (f" (built on {device})" if device else ""))
+            print(f"{name:{width}s} {state}" + (f" (built on {device})" if device else ""))
         return
     started = time.perf_counter()
     for name in args.names:

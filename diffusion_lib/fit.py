@@ -73,6 +73,24 @@ def classifier_epoch(model, optimizer, images, labels, epoch, epochs, batch_size
     return float(total) / batches_per_epoch
 
 
+class Noised(torch.nn.Module):
+    """x_0 -> classifier(x_t, t), with t uniform on 0..T-1 and x_t ~ q(x_t | x_0) (eq. `q-marginal`) drawn afresh
+    at each call from ``generator`` (on the CPU, so that a checkpoint of it resumes the same draws).
+
+    :func:`classifier_epoch` trains a noise-conditional classifier through it
+    with the loop that trains a classifier of clean images.
+    """
+
+    def __init__(self, classifier, schedule, generator):
+        super().__init__()
+        self.classifier, self.schedule, self.generator = classifier, schedule, generator
+
+    def forward(self, x0):
+        t = torch.randint(0, self.schedule.T, (x0.shape[0],), generator=self.generator).to(x0.device)
+        eps = torch.randn(x0.shape, generator=self.generator, dtype=x0.dtype).to(x0.device)
+        return self.classifier(self.schedule.q_sample(x0, t, eps), t)
+
+
 def fit_classifier(model, images, labels, epochs=5, batch_size=128, lr=1e-3, generator=None):
     """Adam on the cross-entropy of model(images) against labels, with a half-cosine learning rate.
 

@@ -50,6 +50,8 @@ def build_parser():
     source.add_argument("source", metavar="NAME_OR_RUN_FOLDER",
                         help=f"a stored model ({', '.join(DIFFUSION_MODELS)}) or a training run folder")  # fmt: skip
     source.add_argument("--label", type=int, default=None, help="class label for a conditional model [none]")
+    source.add_argument("--guidance-scale", type=float, default=None,
+                        help="classifier-free guidance with --label (1: the conditional model) [none]")  # fmt: skip
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--n", type=positive_int, default=64, help="number of images [64]")
     sampling.add_argument("--sampler", choices=list(SAMPLERS), default="ddpm", help="the sampler [ddpm]")
@@ -77,13 +79,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.eta != 0 and args.sampler != "ddim":
         parser.error(f"argument --eta: applies to --sampler ddim only, got --eta {args.eta} with {args.sampler}")
+    if args.guidance_scale is not None and args.label is None:
+        parser.error("argument --guidance-scale: needs --label, the class to steer towards")
     try:
         model = open_source(args.source)
         if args.steps is not None and model.schedule is not None and args.steps > model.schedule.T:
             parser.error(f"argument --steps: must be at most the model's T = {model.schedule.T}, got {args.steps}")
         labels = None if args.label is None else torch.full((args.n,), args.label)
         images = model.sample(args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
-                              device=args.device, labels=labels, progress=True)  # fmt: skip
+                              device=args.device, labels=labels, progress=True,
+                              guidance_scale=args.guidance_scale)  # fmt: skip
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     settings = {key: value for key, value in vars(args).items() if key != "out"}

@@ -183,7 +183,8 @@ def precision_recall(real, generated, k=3):
 
 def copy_ratios(samples, reference):
     """For each row of samples (n, d): its distance to the nearest row of reference over that to the second
-    nearest, and the nearest row's index. A ratio near 0 means a sample sits on one reference point."""
+    nearest, and the nearest row's index. A ratio near 0 means a sample sits on one reference point; a sample on a
+    point that the reference holds twice has ratio 0 (not 0/0)."""
     if samples.dim() != 2 or reference.dim() != 2 or samples.shape[1] != reference.shape[1] or len(reference) < 2:
         raise ValueError(
             f"samples and reference must have shapes (n, d) and (m >= 2, d), got {tuple(samples.shape)} and "
@@ -192,7 +193,8 @@ def copy_ratios(samples, reference):
     reference = reference.to(samples.dtype)
     nearest = [torch.cdist(chunk, reference).topk(2, dim=1, largest=False) for chunk in samples.split(1024)]
     distances = torch.cat([found.values for found in nearest])
-    return distances[:, 0] / distances[:, 1], torch.cat([found.indices[:, 0] for found in nearest])
+    ratios = torch.where(distances[:, 0] == 0, 0.0, distances[:, 0] / distances[:, 1])
+    return ratios, torch.cat([found.indices[:, 0] for found in nearest])
 
 
 def copied_fraction(samples, reference, threshold=1 / 3):

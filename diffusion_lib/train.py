@@ -91,7 +91,8 @@ def parse_config(argv=None):
     found = problems(config)
     if found:
         name, value, allowed = found[0]
-        parser.error(f"argument {option_names(name)[0]}: must be {allowed}, got {value!r}")
+        typed = ",".join(map(str, value)) if isinstance(value, tuple | list) else repr(value)  # as it was given
+        parser.error(f"argument {option_names(name)[0]}: must be {allowed}, got {typed}")
     return config
 
 

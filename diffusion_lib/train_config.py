@@ -8,6 +8,7 @@ the checks read one definition.
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,5 +193,5 @@ def run_folder(config):
         return Path(config.out)
     settings = {k: v for k, v in defining(config).items() if k not in ("steps", "epochs")}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    name = config.dataset.replace("folder:", "folder-").replace("/", "-").strip("-")
+    name = re.sub(r"[^A-Za-z0-9_]+", "-", config.dataset).strip("-")  # folder:/data/my faces -> folder-data-my-faces
     return Path("runs") / f"{name}-{digest}"

@@ -519,7 +519,9 @@ def test_the_run_folder_is_named_by_the_data_set_and_a_hash_of_the_defining_sett
     assert all(name.parent == Path("runs") and re.fullmatch(r"digits-[0-9a-f]{8}", name.name) for name in names)
     assert run_folder(dataclasses.replace(config, dataset="mnist")).name.startswith("mnist-")
     in_folder = run_folder(dataclasses.replace(config, dataset="folder:/data/my faces", image_size=8))
-    assert in_folder.parent == Path("runs") and in_folder.name.startswith("folder-")  # one folder, not a path
+    assert in_folder.parent == Path("runs") and re.fullmatch(r"folder-data-my-faces-[0-9a-f]{8}", in_folder.name)
+    in_parent = run_folder(dataclasses.replace(config, dataset="folder:../images/", image_size=8))
+    assert re.fullmatch(r"folder-images-[0-9a-f]{8}", in_parent.name)  # one folder, not a path
     assert run_folder(dataclasses.replace(config, out="mine/run")) == Path("mine/run")
 
     summary = train(config)
@@ -596,7 +598,7 @@ BAD_OPTIONS = {
     "--steps -1": "argument --steps: must be a positive integer, got -1",
     "--steps 5 --lr -1": "argument --lr: must be a number > 0, got -1",
     "--steps 5 --channel-mults 1,0": (
-        "argument --channel-mults: must be one or more positive integers, separated by commas, got (1, 0)"
+        "argument --channel-mults: must be one or more positive integers, separated by commas, got 1,0"
     ),
     "--steps 5 --class-dropout 1.5": "argument --class-dropout: must be a number in [0, 1], got 1.5",
     "--steps 5 --dataset imagenet": (
@@ -837,21 +839,24 @@ def test_the_sampling_command_writes_a_grid_tensors_and_settings(run_a, tmp_path
     torch.testing.assert_close(images, expected)
 
     settings = json.loads((out / "settings.json").read_text())
-    assert settings == {"source": str(run_a), "label": None, "n": 4, "sampler": "ddim", "steps": 5, "eta": 0.0,
-                        "seed": 0, "device": "cpu"}  # fmt: skip
+    assert settings == {"source": str(run_a), "label": None, "guidance_scale": None, "n": 4, "sampler": "ddim",
+                        "steps": 5, "eta": 0.0, "seed": 0, "device": "cpu"}  # fmt: skip
     from PIL import Image
 
     assert Image.open(out / "samples.png").size == (2 * (8 + 2) + 2,) * 2  # 2 x 2 images of 8 x 8, 2 pixels apart
 
 
-def test_the_judge_build_stops_at_its_time_budget_and_resumes_exactly(tmp_path, monkeypatch, capsys,
-                                                                     small_mnist_root):  # fmt: skip
+@pytest.mark.parametrize("name", ["mnist-classifier", "mnist-noisy-classifier"])
+def test_a_classifier_build_stops_at_its_time_budget_and_resumes_exactly(name, tmp_path, monkeypatch, capsys,
+                                                                        small_mnist_root):  # fmt: skip
     """A fake clock that reads the number of epochs trained makes a budget of 0.5 "seconds" stop the build after the
     first of its two epochs; the next call (with the same budget) finishes it, with the weights of an uninterrupted
-    build. (The budget is checked before each epoch, so even a budget of 0 trains one epoch on this clock.)"""
+    build (for the noisy classifier: the same noised images too). (The budget is checked before each epoch, so even
+    a budget of 0 trains one epoch on this clock.)"""
     monkeypatch.setenv("DIFFUSION_DATA", str(small_mnist_root))  # 256 training images: 2 batches of 128 an epoch
-    real = EXPERIMENTS["mnist-classifier"]
+    real = EXPERIMENTS[name]
     experiment = dataclasses.replace(real, config={**real.config, "epochs": 2})
+    build = real.build
     epochs = [0]
     original = judge.classifier_epoch
 
@@ -865,17 +870,17 @@ def test_the_judge_build_stops_at_its_time_budget_and_resumes_exactly(tmp_path, 
     cpu = torch.device("cpu")
     stopped, whole = tmp_path / "stopped", tmp_path / "whole"
 
-    assert judge.build_classifier(experiment, stopped, cpu, 0.5, {}) is None
+    assert build(experiment, stopped, cpu, 0.5, {}) is None
     assert epochs[0] == 1
-    assert "mnist-classifier: trained 1/2 epochs; run the build again" in capsys.readouterr().out
+    assert f"{name}: trained 1/2 epochs; run the build again" in capsys.readouterr().out
     _, meta = checkpoints.load(stopped / "run" / "checkpoint.safetensors")
     assert len(meta["losses"]) == 1 and meta["seconds"] == 1.0  # one epoch on the fake clock
     assert not (stopped / "weights.safetensors").exists() and not (stopped / "metrics.json").exists()
 
-    finished = judge.build_classifier(experiment, stopped, cpu, 0.5, {})
+    finished = build(experiment, stopped, cpu, 0.5, {})
     assert epochs[0] == 2  # only the missing epoch
     assert finished["steps"] == 2 * (256 // 128) and finished["image_shape"] == [1, 28, 28]
-    uninterrupted = judge.build_classifier(experiment, whole, cpu, None, {})
+    uninterrupted = build(experiment, whole, cpu, None, {})
     assert epochs[0] == 4
 
     weights, reference = load_file(stopped / "weights.safetensors"), load_file(whole / "weights.safetensors")
@@ -888,9 +893,14 @@ def test_the_judge_build_stops_at_its_time_budget_and_resumes_exactly(tmp_path, 
 def test_the_sampling_command_names_only_the_stored_diffusion_models(capsys):
     from diffusion_lib import generate
 
-    assert generate.DIFFUSION_MODELS == ["mnist-ddpm"]
+    assert generate.DIFFUSION_MODELS == ["mnist-ddpm", "mnist-cfg"]
     with pytest.raises(SystemExit) as stopped:
         generate.main(["mnist-classifier", "--n", "2"])
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "'mnist-classifier' is neither a stored diffusion model (mnist-ddpm) nor a run folder" in error
+    assert "'mnist-classifier' is neither a stored diffusion model (mnist-ddpm, mnist-cfg) nor a run folder" in error
+    with pytest.raises(SystemExit) as stopped:
+        generate.main(["mnist-cfg", "--n", "2", "--guidance-scale", "3"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith("argument --guidance-scale: needs --label, the class to steer towards")

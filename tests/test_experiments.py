@@ -1,5 +1,6 @@
-"""The sampler-table experiment on tiny data: every row drawn from the same noises, measured beside real images, and
-the build resumable under a time budget."""
+"""The experiments on tiny data: the sampler table (every row drawn from the same noises, measured beside real images,
+the build resumable under a time budget), the conditional DDPM, the noise-conditional classifier and the guidance
+sweep."""
 
 import dataclasses
 import json
@@ -10,6 +11,8 @@ from safetensors.torch import load_file
 
 import diffusion_lib.artifacts as artifacts
 from diffusion_lib.experiments import samplers
+from diffusion_lib.guidance import classifier_free
+from diffusion_lib.sampling import sample
 
 TINY_TRAIN = dict(
     channels=8, channel_mults=[1, 2], attention_resolutions=[7], steps=3, batch_size=16, log_every=1, T=10
@@ -18,6 +21,9 @@ TINY_TRAIN = dict(
 
 def tiny(real):
     classifier, ddpm, table = real["mnist-classifier"], real["mnist-ddpm"], real["mnist-samplers"]
+    cfg, noisy, sweep = real["mnist-cfg"], real["mnist-noisy-classifier"], real["mnist-guidance"]
+    cfg_train = {kind: {**recipe, **TINY_TRAIN} for kind, recipe in cfg.config["train"].items()}
+    cfg_train["cuda"]["channels"] = 16  # tells the recipes apart
     evaluation = {**ddpm.config["evaluation"], "num_samples": 8, "batch_size": 4, "sampling_steps": 3}
     sampler_config = {**table.config, "steps": [2, 5], "num_samples": {"cuda": 8, "cpu": 8}, "batch_size": 4,
                       "reference_sets": 3, "grid_images": 2}  # fmt: skip
@@ -27,6 +33,22 @@ def tiny(real):
             ddpm, config={"train": {**ddpm.config["train"], **TINY_TRAIN}, "evaluation": evaluation}
         ),
         table.name: dataclasses.replace(table, config=sampler_config),
+        cfg.name: dataclasses.replace(cfg, config={"train": cfg_train, "grid": {**cfg.config["grid"], "steps": 3}}),
+        noisy.name: dataclasses.replace(
+            noisy, config={**noisy.config, "epochs": 1, "width": 4, "report_steps": [0, 9], "T": 10}
+        ),  # fmt: skip
+        sweep.name: dataclasses.replace(
+            sweep,
+            config={
+                **sweep.config,
+                "free": {"scales": [1, 3]},
+                "classifier": {"scales": [2]},
+                "interval": {"scales": [3], "sigma": [1e3, 1e4]},
+                "per_class": {"cuda": 4, "cpu": 2},
+                "chunk_per_class": 1,
+                "sampling_steps": 3,
+            },
+        ),  # fmt: skip
     }
 
 
@@ -79,3 +101,75 @@ def test_the_sampler_table_stops_and_resumes_under_a_time_budget(tiny_folder):
     torch.manual_seed(123)  # the global generator plays no part: every row's noises come from the config's seed
     assert artifacts.build("mnist-samplers", "cpu") is True
     assert torch.equal(first, load_file(run / "ddim-eta0-2_0.safetensors")["samples"])
+
+
+def test_the_conditional_model_builds_with_the_recipe_of_its_device_and_takes_labels(tiny_folder):
+    assert artifacts.build("mnist-cfg", "cpu") is True
+    cfg = artifacts.load("mnist-cfg")
+    assert cfg.status == "ok" and cfg.meta["cpu_made"] and cfg.meta["num_classes"] == 10
+    assert cfg.model.num_classes == 10 and cfg.model.input.out_channels == 8  # the cpu recipe, not the cuda one
+    assert cfg.meta["steps"] == 3 and cfg.image_shape == (1, 28, 28) and cfg.schedule.T == 10
+    grid = load_file(tiny_folder / "mnist-cfg" / "samples.safetensors")
+    assert grid["grid"].shape == (100, 1, 28, 28) and grid["labels"].tolist() == [
+        k for k in range(10) for _ in range(10)
+    ]
+    assert 0 <= cfg.metrics["grid_agreement"] <= 1
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([0, 5, 9])
+    assert cfg.model(x, t, torch.tensor([0, 9, 10])).shape == (3, 1, 28, 28)
+    # no label is the null label: the unconditional model
+    torch.testing.assert_close(cfg.model(x, t), cfg.model(x, t, torch.full((3,), 10)))
+    with pytest.raises(ValueError, match="label 11 out of range"):
+        cfg.model(x, t, torch.tensor([0, 1, 11]))
+    assert cfg.sample(2, steps=3, labels=[3, 4]).shape == (2, 1, 28, 28)
+    # guided sampling is the sampler run on the classifier-free guided model
+    guided = cfg.sample(2, sampler="ddim", steps=3, labels=[3, 4], guidance_scale=2.0, seed=5)
+    model = classifier_free(cfg.model, torch.tensor([3, 4]), 2.0)
+    x = sample(model, cfg.schedule, (2, 1, 28, 28), sampler="ddim", num_steps=3,
+               generator=torch.Generator().manual_seed(5))  # fmt: skip
+    torch.testing.assert_close(guided, x.clamp(-1, 1))
+    with pytest.raises(ValueError, match="guidance_scale needs labels"):
+        cfg.sample(2, steps=3, guidance_scale=2.0)
+    artifacts.build("mnist-ddpm", "cpu")
+    with pytest.raises(ValueError, match="guidance_scale needs a conditional model; 'mnist-ddpm' was trained without"):
+        artifacts.load("mnist-ddpm").sample(2, steps=3, labels=[1, 2], guidance_scale=2.0)
+
+
+def test_the_noisy_classifier_builds_and_reports_its_accuracy_at_each_step(tiny_folder):
+    assert artifacts.build("mnist-noisy-classifier", "cpu") is True
+    noisy = artifacts.load("mnist-noisy-classifier")
+    assert noisy.status == "ok" and noisy.meta["cpu_made"]
+    assert list(noisy.metrics["test_accuracy_by_step"]) == ["0", "9"]
+    assert all(0 <= accuracy <= 1 for accuracy in noisy.metrics["test_accuracy_by_step"].values())
+    assert noisy.model(torch.zeros(2, 1, 28, 28), torch.tensor([0, 9])).shape == (2, 10)
+
+
+def test_the_guidance_sweep_draws_every_setting_from_the_same_noises_and_resumes(tiny_folder):
+    assert artifacts.build("mnist-cfg", "cpu") and artifacts.build("mnist-noisy-classifier", "cpu")
+    run = tiny_folder / "mnist-guidance" / "run"
+    assert artifacts.build("mnist-guidance", "cpu", time_budget=0) is False
+    assert not list(run.glob("*_*.safetensors")) and artifacts.status("mnist-guidance")[0] == "missing"
+    assert artifacts.build("mnist-guidance", "cpu") is True
+    # a build that lost a chunk draws only that chunk again, the same images
+    first = load_file(tiny_folder / "mnist-guidance" / "samples.safetensors")
+    lost = run / "free-3_1.safetensors"
+    kept = {file: file.stat().st_mtime_ns for file in run.glob("*_*.safetensors") if file != lost}
+    lost.unlink()
+    (tiny_folder / "mnist-guidance" / "meta.json").unlink()
+    assert artifacts.build("mnist-guidance", "cpu") is True
+    assert all(file.stat().st_mtime_ns == mtime for file, mtime in kept.items()) and len(kept) == 7
+    again = load_file(tiny_folder / "mnist-guidance" / "samples.safetensors")
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    sweep = artifacts.load("mnist-guidance")
+    settings = ["free-1", "free-3", "classifier-2", "interval-3"]
+    assert list(sweep.metrics["settings"]) == settings and sweep.metrics["images_per_class"] == 2
+    stored = load_file(tiny_folder / "mnist-guidance" / "samples.safetensors")
+    assert stored["labels"].tolist() == list(range(10)) * 2
+    assert all(
+        stored[setting].shape == (20, 1, 28, 28) and stored[setting].dtype == torch.uint8 for setting in settings
+    )
+    assert all(
+        0 <= row["agreement"] <= 1 and row["seconds_per_image"] > 0 for row in sweep.metrics["settings"].values()
+    )
+    # the same noises for every setting: an interval of noise levels that no step reaches leaves the conditional
+    # model (classifier-free guidance at scale 1), image for image
+    assert torch.equal(stored["interval-3"], stored["free-1"])

@@ -598,3 +598,13 @@ def test_copy_ratios_refuse_bad_shapes():
         copy_ratios(torch.zeros(4, 3), torch.zeros(1, 3))
     with pytest.raises(ValueError, match=r"got \(4, 3\) and \(5, 2\)"):
         copied_fraction(torch.zeros(4, 3), torch.zeros(5, 2))
+
+
+def test_a_sample_on_a_duplicated_reference_point_is_a_copy():
+    reference = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0], [5.0, 5.0]])
+    samples = torch.tensor([[1.0, 1.0], [0.0, 0.1], [3.0, 3.0]])
+    ratios, indices = copy_ratios(samples, reference)
+    assert ratios[0] == 0 and indices[0] in (1, 2)  # 0 / 0 would be NaN
+    assert ratios[1] == pytest.approx(0.1 / (1 + 0.9**2) ** 0.5)
+    assert ratios[2] == pytest.approx(1.0)  # equidistant from (1, 1) and (5, 5)
+    assert copied_fraction(samples, reference) == pytest.approx(2 / 3)

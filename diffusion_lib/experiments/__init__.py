@@ -10,8 +10,11 @@ imports :mod:`diffusion_lib.artifacts`.
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .conditional import build_conditional, make_conditional_unet, open_conditional
 from .ddpm import build_ddpm, make_unet, open_diffusion
+from .guidance_sweep import build_guidance_sweep
 from .judge import build_classifier, make_classifier
+from .noisy_judge import build_noisy_classifier, make_noisy_classifier
 from .samplers import build_sampler_table
 
 EVALUATION_SOURCES = (
@@ -30,6 +33,28 @@ EVALUATION_SOURCES = (
     "metrics.py:classify",
     "metrics.py:confident_fraction",
     "metrics.py:class_fractions",
+)
+CLASSIFIER_TRAINING_SOURCES = (
+    "fit.py:classifier_epoch",
+    "fit.py:cosine_learning_rate",
+    "fit.py:optimisation_step",
+    "experiments/judge.py:train_and_store",
+    "experiments/judge.py:fit_epochs",
+    "experiments/judge.py:_save",
+    "experiments/judge.py:_resume",
+    "experiments/ddpm.py:forget_other_runs",
+    "checkpoints.py",
+    "data.py:mnist",
+    "data.py:mnist_images",
+    "data.py:_to_signed",
+)
+SAMPLING_SOURCES = (
+    "sampling.py",
+    "solvers.py",
+    "elbo.py:reverse_variances",
+    "elbo.py:reverse_mean",
+    "parameterization.py",
+    "schedules.py",
 )
 DIFFUSION_SOURCES = (
     "models/unet.py",
@@ -99,6 +124,19 @@ MNIST_DDPM_TRAINING = {
     "log_every": 100,
 }
 
+# mnist-cfg: the mnist-ddpm recipe with labels on a GPU; on a CPU a U-Net of a quarter of the width and one block per
+# level, trained for 3,000 steps of 64 images (about an hour on two cores).
+CONDITIONAL = {"conditional": True, "class_dropout": 0.1}
+MNIST_CFG_TRAINING = {
+    "cuda": {**MNIST_DDPM_TRAINING, **CONDITIONAL},
+    "cpu": {
+        **MNIST_DDPM_TRAINING,
+        **CONDITIONAL,
+        **{"batch_size": 64, "steps": 3000, "warmup": 200, "ema_decay": 0.998, "channels": 32, "blocks_per_level": 1},
+        **{"dropout": 0.0, "log_every": 50},
+    },
+}
+
 EXPERIMENTS = {
     e.name: e
     for e in [
@@ -110,15 +148,11 @@ EXPERIMENTS = {
             make_classifier,
             (
                 "models/classifier.py",
-                "fit.py:classifier_epoch",
-                "fit.py:cosine_learning_rate",
-                "fit.py:optimisation_step",
-                "experiments/judge.py",
-                "experiments/ddpm.py:forget_other_runs",
-                "checkpoints.py",
-                "data.py:mnist",
-                "data.py:mnist_images",
-                "data.py:_to_signed",
+                "experiments/judge.py:build_classifier",
+                "experiments/judge.py:judge_accuracies",
+                "experiments/judge.py:make_classifier",
+                "experiments/judge.py:accuracy",
+                *CLASSIFIER_TRAINING_SOURCES,
                 "metrics.py:classify",
             ),
         ),
@@ -156,12 +190,7 @@ EXPERIMENTS = {
             None,
             (
                 "experiments/samplers.py",
-                "sampling.py",
-                "solvers.py",
-                "elbo.py:reverse_variances",
-                "elbo.py:reverse_mean",
-                "parameterization.py",
-                "schedules.py",
+                *SAMPLING_SOURCES,
                 "engine.py:inference_network",
                 "metrics.py:kid",
                 "metrics.py:polynomial_kernel",
@@ -169,6 +198,75 @@ EXPERIMENTS = {
                 *EVALUATION_SOURCES,
             ),
             needs=("mnist-ddpm", "mnist-classifier"),
+        ),
+        Experiment(
+            "mnist-cfg",
+            "A conditional DDPM U-Net on MNIST trained with class dropout 0.1 (label 10 = no label), EMA weights.",
+            {"train": MNIST_CFG_TRAINING, "grid": {"per_class": 10, "steps": 50, "seed": 3}},
+            build_conditional,
+            make_conditional_unet,
+            (
+                *(source for source in DIFFUSION_SOURCES if source != "experiments/ddpm.py"),
+                "experiments/conditional.py",
+                "experiments/ddpm.py:forget_other_runs",
+                "solvers.py",
+                "metrics.py:classify",
+            ),
+            open=open_conditional,
+            needs=("mnist-classifier",),
+        ),
+        Experiment(
+            "mnist-noisy-classifier",
+            "A noise-conditional CNN p(y | x_t, t) trained on MNIST noised by the linear schedule (T = 1000).",
+            {
+                "dataset": "mnist",
+                "epochs": 5,
+                "batch_size": 128,
+                "lr": 1e-3,
+                "seed": 0,
+                "width": 16,
+                "schedule": "linear",
+                "T": 1000,
+                "report_steps": [0, 100, 200, 300, 400, 500, 600, 700, 800, 999],
+            },
+            build_noisy_classifier,
+            make_noisy_classifier,
+            (
+                "models/noisy_classifier.py",
+                "models/embeddings.py",
+                "fit.py:Noised",
+                "schedules.py",
+                "experiments/noisy_judge.py",
+                *CLASSIFIER_TRAINING_SOURCES,
+            ),
+        ),
+        Experiment(
+            "mnist-guidance",
+            "Guidance swept over scales on mnist-cfg: classifier-free, classifier (mnist-noisy-classifier) and "
+            "classifier-free in an interval of noise levels; every digit from the same noises, DDIM 50 steps.",
+            {
+                "free": {"scales": [0, 0.5, 1, 2, 3, 5, 8]},
+                "classifier": {"scales": [0.5, 1, 2, 4, 8]},
+                # the interval Kynkaanniemi et al. (2024) show for SD-XL; not tuned for MNIST
+                "interval": {"scales": [2, 3, 5, 8], "sigma": [0.28, 5.42]},
+                "per_class": {"cuda": 200, "cpu": 30},
+                "chunk_per_class": 10,
+                "sampling_steps": 50,
+                "seed": 4,
+            },
+            build_guidance_sweep,
+            None,
+            (
+                "experiments/guidance_sweep.py",
+                "guidance.py",
+                *SAMPLING_SOURCES,
+                "checkpoints.py",
+                "experiments/ddpm.py:forget_other_runs",
+                "metrics.py:classify",
+                "data.py:to_bytes",
+                "data.py:from_bytes",
+            ),
+            needs=("mnist-cfg", "mnist-noisy-classifier", "mnist-classifier"),
         ),
     ]
 }

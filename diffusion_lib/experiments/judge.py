@@ -22,18 +22,54 @@ def accuracy(model, images, labels):
     return (metrics.classify(model, images)[1].argmax(dim=1) == labels).double().mean().item()
 
 
+def judge_accuracies(model, train, test):
+    """The judge's accuracy on the test and the training images."""
+    return {"test_accuracy": accuracy(model, *test), "train_accuracy": accuracy(model, *train)}
+
+
 def build_classifier(experiment, folder, device, time_budget, needed):
     """Train the judge on the MNIST training images, epoch by epoch with a checkpoint after each (so that a time
     budget stops it cleanly and the next call continues); write its weights and accuracies. Returns its meta."""
+    return train_and_store(experiment, folder, device, time_budget, make_classifier, lambda model, generator: model,
+                           judge_accuracies)  # fmt: skip
+
+
+def train_and_store(experiment, folder, device, time_budget, make_model, trained_as, measure):
+    """Train make_model(experiment, meta) on the MNIST training images (:func:`fit_epochs`, through
+    trained_as(model)), then store its weights and, as metrics, measure(model, (train images, labels), (test images,
+    labels)) and the epochs' losses. Returns the meta, or None when the time budget ran out first."""
     config, started = experiment.config, time.perf_counter()
-    run = folder / "run"
-    forget_other_runs(run, config)
-    train_images, train_labels = (tensor.to(device) for tensor in data.mnist_images(train=True))
+    train = tuple(tensor.to(device) for tensor in data.mnist_images(train=True))
     torch.manual_seed(config["seed"])  # the initial weights, and the dropout masks from here on
-    meta = {"image_shape": list(train_images.shape[1:])}
-    model = make_classifier(experiment, meta).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    meta = {"image_shape": list(train[0].shape[1:])}
+    model = make_model(experiment, meta).to(device)
     generator = torch.Generator().manual_seed(config["seed"])
+    trained = fit_epochs(experiment, folder / "run", model, trained_as(model, generator), train, generator, device,
+                         time_budget)  # fmt: skip
+    if trained is None:
+        return None
+    losses, seconds = trained
+    model.eval()
+    test = tuple(tensor.to(device) for tensor in data.mnist_images(train=False))
+    found = {**measure(model, train, test), "epoch_losses": losses}
+    seconds += time.perf_counter() - started
+    store.save_weights(folder, model.state_dict())
+    store.save_json(folder, "metrics.json", found)
+    measured = ", ".join(f"{name} {value}" for name, value in found.items() if name != "epoch_losses")
+    print(f"{experiment.name}: {measured}; {seconds:.0f} s", flush=True)
+    steps = config["epochs"] * (len(train[0]) // config["batch_size"])
+    return {**meta, "seconds": seconds, "steps": steps, "final_loss": losses[-1]}
+
+
+def fit_epochs(experiment, run, model, trained, examples, generator, device, time_budget):
+    """Adam on the cross-entropy of trained(images) for experiment.config["epochs"] epochs (:func:`classifier_epoch`),
+    resumably: a checkpoint of model, optimizer and generator in run/ after each epoch, so that a time budget stops
+    it cleanly and the next call continues. ``trained`` is model itself, or a wrapper that feeds it (one that noises
+    its inputs). Returns (the epochs' mean losses, seconds of the finished epochs), or None when the budget ran out.
+    """
+    config, started = experiment.config, time.perf_counter()
+    forget_other_runs(run, config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     losses, seconds = [], 0.0
     checkpoint = run / "checkpoint.safetensors"
     if checkpoint.exists():
@@ -45,27 +81,14 @@ def build_classifier(experiment, folder, device, time_budget, needed):
             progress.close()
             print(f"{experiment.name}: trained {len(losses)}/{epochs} epochs; run the build again", flush=True)
             return None
-        model.train()
-        losses.append(classifier_epoch(model, optimizer, train_images, train_labels, len(losses), epochs,
-                                       config["batch_size"], config["lr"], generator))  # fmt: skip
-        elapsed = seconds + time.perf_counter() - started
-        _save(checkpoint, model, optimizer, generator, losses, elapsed, device)
+        trained.train()
+        losses.append(classifier_epoch(trained, optimizer, *examples, len(losses), epochs, config["batch_size"],
+                                       config["lr"], generator))  # fmt: skip
+        _save(checkpoint, model, optimizer, generator, losses, seconds + time.perf_counter() - started, device)
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
         progress.update(1)
     progress.close()
-    model.eval()
-    test_images, test_labels = (tensor.to(device) for tensor in data.mnist_images(train=False))
-    found = {
-        "test_accuracy": accuracy(model, test_images, test_labels),
-        "train_accuracy": accuracy(model, train_images, train_labels),
-        "epoch_losses": losses,
-    }
-    seconds += time.perf_counter() - started
-    store.save_weights(folder, model.state_dict())
-    store.save_json(folder, "metrics.json", found)
-    print(f"{experiment.name}: test accuracy {found['test_accuracy']:.4f} in {seconds:.0f} s", flush=True)
-    steps = epochs * (len(train_images) // config["batch_size"])
-    return {**meta, "seconds": seconds, "steps": steps, "final_loss": losses[-1]}
+    return losses, seconds
 
 
 def _save(path, model, optimizer, generator, losses, seconds, device):

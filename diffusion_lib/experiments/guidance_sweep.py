@@ -1,0 +1,97 @@
+"""mnist-guidance: the guidance trade-off on mnist-cfg, every setting from the same noises.
+
+A setting is classifier-free guidance at a scale ("free-W"), classifier guidance of mnist-cfg's unconditional
+(null-label) model by mnist-noisy-classifier ("classifier-W"), or classifier-free guidance applied only in an
+interval of noise levels, the conditional model elsewhere ("interval-W"). Each draws the same number of images of
+every digit from the same x_T with DDIM (eta 0), chunk by chunk (each chunk saved, so that a build resumes); the
+images are stored as bytes beside the requested labels, and the judge's agreement with them.
+"""
+
+import time
+
+import torch
+
+from .. import checkpoints, data, metrics, store
+from ..guidance import classifier_free, classifier_guided, limited_interval
+from ..sampling import sample
+from ..schedules import NoiseSchedule
+from .ddpm import forget_other_runs
+
+
+def setting_names(config):
+    """The settings of the sweep, "<kind>-<scale>", in the order of the config."""
+    return [f"{kind}-{scale:g}" for kind in ("free", "classifier", "interval") for scale in config[kind]["scales"]]
+
+
+def per_class(config, device):
+    """Images of each digit per setting: the full size on a GPU, a smaller one on a CPU."""
+    return config["per_class"]["cuda" if torch.device(device).type == "cuda" else "cpu"]
+
+
+def guided_model(setting, config, conditional, classifier, schedule, labels):
+    """The callable (x, t) -> eps of a setting, for the requested labels."""
+    kind, scale = setting.rsplit("-", 1)
+    scale = float(scale)
+    if kind == "free":
+        return classifier_free(conditional, labels, scale)
+    if kind == "classifier":
+        return classifier_guided(lambda x, t: conditional(x, t), classifier, schedule, labels, scale)
+    sigma_low, sigma_high = config["interval"]["sigma"]
+    plain = classifier_free(conditional, labels, 1.0)
+    return limited_interval(classifier_free(conditional, labels, scale), plain, schedule, sigma_low, sigma_high)
+
+
+def build_guidance_sweep(experiment, folder, device, time_budget, needed):
+    """Draw every setting chunk by chunk into folder/run, then store the images, labels and judge's agreement.
+    Returns the meta, or None when the time budget ran out first."""
+    config, started = experiment.config, time.perf_counter()
+    cfg, noisy = needed["mnist-cfg"], needed["mnist-noisy-classifier"]
+    classifier_schedule = NoiseSchedule.named(noisy.meta["config"]["schedule"], T=noisy.meta["config"]["T"])
+    if not torch.equal(classifier_schedule.alpha_bars, cfg.schedule.alpha_bars):
+        raise ValueError("mnist-noisy-classifier was trained on another noise schedule than mnist-cfg samples with")
+    run = folder / "run"
+    models = {name: needed[name].meta["files"]["weights.safetensors"] for name in needed}  # rebuilt models: redraw
+    forget_other_runs(run, {**config, "device": device.type, "models": models})
+    conditional, classifier = cfg.model.to(device), noisy.model.to(device)
+    schedule = cfg.schedule.to(device)
+    chunk_size = config["chunk_per_class"] * cfg.meta["num_classes"]
+    labels = torch.arange(cfg.meta["num_classes"], device=device).repeat_interleave(config["chunk_per_class"])
+    chunks = range(per_class(config, device) // config["chunk_per_class"])
+    for chunk in chunks:
+        for setting in setting_names(config):
+            file = run / f"{setting}_{chunk}.safetensors"
+            if file.exists():
+                continue
+            if time_budget is not None and time.perf_counter() - started > time_budget:
+                print(f"{experiment.name}: not finished; run the build again", flush=True)
+                return None
+            generator = torch.Generator(device).manual_seed(config["seed"] * 1_000_003 + chunk)
+            x_T = torch.randn((chunk_size, *cfg.image_shape), generator=generator, device=device)
+            model = guided_model(setting, config, conditional, classifier, schedule, labels)
+            chunk_started = time.perf_counter()
+            x = sample(model, schedule, x_T.shape, x_T=x_T, sampler="ddim", num_steps=config["sampling_steps"])
+            pixels = data.to_bytes(x).cpu()  # waits for the device, so the time below is the sampling's
+            seconds = time.perf_counter() - chunk_started
+            checkpoints.save(file, {"samples": pixels}, {"seconds": seconds})
+            print(f"{setting} chunk {chunk + 1}/{len(chunks)}: {seconds:.1f} s", flush=True)
+
+    judge = needed["mnist-classifier"].model.to(device)
+    images, found, seconds = {}, {}, 0.0
+    for setting in setting_names(config):
+        stored = [checkpoints.load(run / f"{setting}_{chunk}.safetensors") for chunk in chunks]
+        images[setting] = torch.cat([tensors["samples"] for tensors, _ in stored])
+        setting_seconds = sum(meta["seconds"] for _, meta in stored)
+        probabilities = metrics.classify(judge, data.from_bytes(images[setting]).to(device))[1]
+        requested = labels.repeat(len(chunks))
+        found[setting] = {
+            "agreement": (probabilities.argmax(dim=1) == requested).double().mean().item(),
+            "seconds_per_image": setting_seconds / len(requested),
+        }
+        seconds += setting_seconds
+    requested = labels.repeat(len(chunks)).cpu()
+    store.save_tensors(folder, "samples.safetensors", {**images, "labels": requested})
+    images_per_class = len(chunks) * config["chunk_per_class"]
+    store.save_json(folder, "metrics.json", {"settings": found, "images_per_class": images_per_class})
+    agreements = ", ".join(f"{setting} {row['agreement']:.3f}" for setting, row in found.items())
+    print(f"{experiment.name}: the judge's agreement with the requested digit: {agreements}", flush=True)
+    return {"seconds": seconds, "images_per_setting": len(requested)}
