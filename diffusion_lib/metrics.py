@@ -201,3 +201,12 @@ def copied_fraction(samples, reference, threshold=1 / 3):
     """The fraction of samples whose nearest/second-nearest distance ratio to reference is below threshold
     (a copy, after Gu et al. 2023)."""
     return (copy_ratios(samples, reference)[0] < threshold).double().mean().item()
+
+
+def mean_pairwise_distance(x):
+    """The mean Euclidean distance between two different rows of x (n >= 2, d): the spread of a set of samples, whose
+    fall under guidance measures the variety it costs."""
+    if x.dim() != 2 or len(x) < 2:
+        raise ValueError(f"x must have shape (n >= 2, d), got {tuple(x.shape)}")
+    n = len(x)
+    return (torch.pdist(x).sum() * 2 / (n * (n - 1))).item()

@@ -30,6 +30,7 @@ from diffusion_lib.metrics import (
     frechet_distance,
     gaussian_statistics,
     kid,
+    mean_pairwise_distance,
     mmd,
     nearest_distances,
     nearest_neighbours,
@@ -608,3 +609,12 @@ def test_a_sample_on_a_duplicated_reference_point_is_a_copy():
     assert ratios[1] == pytest.approx(0.1 / (1 + 0.9**2) ** 0.5)
     assert ratios[2] == pytest.approx(1.0)  # equidistant from (1, 1) and (5, 5)
     assert copied_fraction(samples, reference) == pytest.approx(2 / 3)
+
+
+def test_mean_pairwise_distance_matches_a_double_loop():
+    x = torch.randn(7, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pairs = [(x[i] - x[j]).norm() for i in range(7) for j in range(7) if i != j]
+    assert mean_pairwise_distance(x) == pytest.approx(float(sum(pairs)) / len(pairs), rel=1e-12)
+    assert mean_pairwise_distance(torch.ones(5, 2)) == 0
+    with pytest.raises(ValueError, match=r"x must have shape \(n >= 2, d\), got \(1, 3\)"):
+        mean_pairwise_distance(torch.zeros(1, 3))
