@@ -36,3 +36,33 @@ def evaluate_samples(samples, classifier, device, reference_size=10_000):
         .median()
         .item(),
     }
+
+
+@torch.no_grad()
+def per_class_measures(images, requested, judge, reference_images, reference_labels, train_images):
+    """The measures of class-conditional samples (chapter 9), images (n, C, H, W) drawn for the labels requested.
+
+    agreement: the fraction the judge assigns to the requested class; confident_fraction: the fraction it assigns
+    there with probability >= 0.9; kid: the mean over classes of KID (eq. `kid`) between a class's images and the
+    reference images of that class, with kid_standard_error from the classes' jackknife errors (independent, so
+    their variances add); fid: the mean over classes of the per-class FID (biased upwards when a class has few
+    images: read it beside a floor); variety: the mean over classes of the mean pairwise distance of the judge's
+    features; copied_fraction: the fraction of images whose nearest/second-nearest distance ratio to the training
+    images is below 1/3 (Gu et al. 2023).
+    """
+    features, probabilities = metrics.classify(judge, images)
+    reference_features = metrics.classify(judge, reference_images)[0]
+    found = probabilities.max(dim=1)
+    agrees = found.indices == requested
+    classes = requested.unique().tolist()
+    kids = [metrics.kid(features[requested == k], reference_features[reference_labels == k]) for k in classes]
+    return {
+        "agreement": agrees.double().mean().item(),
+        "confident_fraction": (agrees & (found.values >= 0.9)).double().mean().item(),
+        "kid": sum(value for value, _ in kids) / len(classes),
+        "kid_standard_error": sum(error**2 for _, error in kids) ** 0.5 / len(classes),
+        "fid": sum(metrics.fid(features[requested == k], reference_features[reference_labels == k]) for k in classes)
+        / len(classes),
+        "variety": sum(metrics.mean_pairwise_distance(features[requested == k]) for k in classes) / len(classes),
+        "copied_fraction": metrics.copied_fraction(images.flatten(1), train_images.flatten(1)),
+    }

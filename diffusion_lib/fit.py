@@ -34,7 +34,18 @@ def _check_positive(**values):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def fit(model, schedule, data, steps=2000, batch_size=256, lr=1e-3, generator=None, decay=True):
+def fit(
+    model,
+    schedule,
+    data,
+    steps=2000,
+    batch_size=256,
+    lr=1e-3,
+    generator=None,
+    decay=True,
+    labels=None,
+    class_dropout=0.1,
+):
     """Adam on L_simple over random minibatches of ``data`` (Ho et al. 2020, Algorithm 1), eq. `l-simple`.
 
     Each step draws a minibatch of x_0 from ``data`` (with replacement), lets
@@ -43,18 +54,37 @@ def fit(model, schedule, data, steps=2000, batch_size=256, lr=1e-3, generator=No
     (:func:`cosine_learning_rate`), so that the last steps are small and
     average out the noise of the stochastic gradient. Returns the loss of
     every step as a list of floats; the model is left in eval mode.
+
+    With ``labels`` (one per row of data) the model is conditional: each
+    minibatch's labels are replaced by the null label ``model.num_classes``
+    with probability ``class_dropout`` (:func:`drop_labels`), so that one
+    network learns eps(x_t, t, y) and eps(x_t, t) for classifier-free
+    guidance, eq. `cfg`.
     """
     _check_positive(steps=steps, batch_size=batch_size)
+    if labels is not None and len(labels) != len(data):
+        raise ValueError(f"got {len(labels)} labels for {len(data)} data points")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     model.train()
     for step in range(steps):
-        batch = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
-        loss = l_simple(model, schedule, batch, generator)
+        rows = torch.randint(0, len(data), (batch_size,), generator=generator)
+        batch_labels = None
+        if labels is not None:
+            batch_labels = drop_labels(labels[rows], model.num_classes, class_dropout, generator)
+        loss = l_simple(model, schedule, data[rows], generator, batch_labels)
         optimisation_step(optimizer, loss, cosine_learning_rate(lr, step, steps) if decay else lr)
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+def drop_labels(labels, null_label, class_dropout, generator=None):
+    """The labels with each replaced by null_label with probability class_dropout (Ho and Salimans 2022)."""
+    if not 0 <= class_dropout < 1:
+        raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout!r}")
+    dropped = torch.rand(labels.shape, generator=generator) < class_dropout
+    return torch.where(dropped.to(labels.device), null_label, labels)
 
 
 def classifier_epoch(model, optimizer, images, labels, epoch, epochs, batch_size, lr, generator=None):

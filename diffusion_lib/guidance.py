@@ -1,7 +1,7 @@
 """Guidance: wrappers that steer a diffusion model towards a class, each a callable (x, t) -> eps.
 
-Bayes' rule for scores, grad log p_t(x | y) = grad log p_t(x) + grad log p_t(y | x), and the score's relation to
-the noise, grad log p_t(x) = -eps / sqrt(1 - alpha_bar_t) (eq. `score-eps`), give both: the
+Bayes' rule for scores, grad log p_t(x | y) = grad log p_t(x) + grad log p_t(y | x) (eq. `bayes-score`), and the
+score's relation to the noise, grad log p_t(x) = -eps / sqrt(1 - alpha_bar_t) (eq. `score-eps`), give both: the
 class term comes from a classifier of noisy images (classifier guidance) or from the difference of a conditional
 and an unconditional noise prediction (classifier-free guidance). Every sampler of :func:`diffusion_lib.sample`
 runs them as it runs any model.
@@ -32,8 +32,8 @@ def _check_scale(scale):
 
 
 def classifier_free(model, y, scale, null_label=None):
-    """eps_w(x, t) = eps(x, t, null) + w (eps(x, t, y) - eps(x, t, null)): classifier-free guidance (Ho and
-    Salimans 2022, whose guidance weight is our w - 1).
+    """eps_w(x, t) = eps(x, t, null) + w (eps(x, t, y) - eps(x, t, null)), eq. `cfg`: classifier-free guidance
+    (Ho and Salimans 2022, whose guidance weight is our w - 1).
 
     ``model(x, t, y)`` is a conditional noise prediction trained with label
     dropout; ``null_label`` is the label that stands for "no label" (by
@@ -78,7 +78,7 @@ def log_likelihood_gradient(classifier, x, t, y):
 
 
 def classifier_guided(model, classifier, schedule, y, scale):
-    """eps_w(x, t) = eps(x, t) - w sqrt(1 - alpha_bar_t) grad_x log p(y | x_t, t): classifier guidance as in
+    """eps_w(x, t) = eps(x, t) - w sqrt(1 - alpha_bar_t) grad_x log p(y | x_t, t), eq. `classifier-guidance`, as in
     Algorithm 2 of Dhariwal and Nichol (2021).
 
     The shift is eq. `score-eps` applied to w times the classifier's score:
@@ -97,8 +97,8 @@ def classifier_guided(model, classifier, schedule, y, scale):
 
 
 def limited_interval(guided, unguided, schedule, sigma_low, sigma_high):
-    """guided(x, t) where sigma_low < sigma_t <= sigma_high, unguided(x, t) elsewhere: guidance limited to an
-    interval of noise levels (Kynkaanniemi et al. 2024).
+    """guided(x, t) where sigma_low < sigma_t <= sigma_high, unguided(x, t) elsewhere, eq. `guidance-interval`:
+    guidance limited to an interval of noise levels (Kynkaanniemi et al. 2024).
 
     sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) is the noise level of x_t
     / sqrt(alpha_bar_t); ``unguided`` is usually the conditional model, scale 1.

@@ -20,11 +20,11 @@ def denoising_loss(model, schedule, x0, t, eps, prediction="eps", labels=None):
     return (target - output.float()).pow(2).mean()
 
 
-def l_simple(model, schedule, x0, generator=None):
+def l_simple(model, schedule, x0, generator=None, labels=None):
     """E_{t, x_0, eps} || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2, eq. `l-simple`.
 
-    Averaged over the batch and the dimensions, with t uniform on 0..T-1.
+    Averaged over the batch and the dimensions, with t uniform on 0..T-1; with ``labels`` the network also reads y.
     """
     t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator, device=x0.device)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-    return denoising_loss(model, schedule, x0, t, eps)
+    return denoising_loss(model, schedule, x0, t, eps, labels=labels)

@@ -63,12 +63,15 @@ class MixtureDenoiser:
         log_weights = self.log_weights[chunk].to(x.dtype)
         return log_weights + (s * x @ means.T - s**2 / 2 * self.squared_norms[chunk].to(x.dtype)) / v
 
-    def posterior(self, xt, t):
-        """The responsibilities r_k(x_t), shape (B, K): the posterior probability of each component."""
+    def log_posterior(self, xt, t):
+        """log r_k(x_t) up to a constant per row, shape (B, K)."""
         x = xt.flatten(1)
         s, v = self._levels(xt, t)
-        logits = torch.cat([self._logits(x, s, v, chunk) for chunk in self._chunks()], dim=1)
-        return logits.softmax(dim=1)
+        return torch.cat([self._logits(x, s, v, chunk) for chunk in self._chunks()], dim=1)
+
+    def posterior(self, xt, t):
+        """The responsibilities r_k(x_t), shape (B, K): the posterior probability of each component."""
+        return self.log_posterior(xt, t).softmax(dim=1)
 
     def _chunks(self):
         return [slice(start, start + self.chunk_size) for start in range(0, len(self.means), self.chunk_size)]
@@ -91,6 +94,31 @@ class MixtureDenoiser:
 
     def __call__(self, xt, t):
         return eps_from_x0(self.schedule, xt, t, self.x0(xt, t))
+
+
+class ClassMixture:
+    """Labelled data whose class k is N(mu_k, std^2 I), the classes equally likely: exact conditional models.
+
+    Called as (x_t, t, y) it is the optimal denoiser of class y (:class:`MixtureDenoiser` of one component),
+    and with y = K (the null label of classifier-free guidance, K the number of classes) or no labels that of
+    the whole mixture. ``class_logits(x_t, t)`` is log p_t(y | x_t) up to a constant per row: the mixture's
+    responsibilities are exactly the posterior of the class given the noisy point, eq. `mixture-class-posterior`.
+    """
+
+    def __init__(self, means, schedule, std):
+        self.num_classes = len(means)
+        self.mixture = MixtureDenoiser(means, schedule, std)
+        self.classes = [MixtureDenoiser(means[k : k + 1], schedule, std) for k in range(self.num_classes)]
+
+    def __call__(self, xt, t, y=None):
+        eps = self.mixture(xt, t)
+        for k, denoiser in enumerate(self.classes if y is not None else []):
+            chosen = y == k
+            eps[chosen] = denoiser(xt[chosen], t[chosen])
+        return eps
+
+    def class_logits(self, xt, t):
+        return self.mixture.log_posterior(xt, t)
 
 
 class EmpiricalDenoiser(MixtureDenoiser):

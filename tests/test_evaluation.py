@@ -1,5 +1,6 @@
 """The evaluation protocol (evaluation.py): every measure of evaluate_samples against the same measure computed
-here from first principles, on a small MNIST (256 training and 128 test images, conftest.py).
+here from first principles, on a small MNIST (256 training and 128 test images, conftest.py); per_class_measures
+against loops over images and classes on small float64 data.
 
 The MNIST images are parsed from the raw IDX files by hand; the judge is a fixed
 random Classifier; features, probabilities, fractions and nearest-neighbour
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from diffusion_lib import metrics
-from diffusion_lib.evaluation import evaluate_samples
+from diffusion_lib.evaluation import evaluate_samples, per_class_measures
 from diffusion_lib.models.classifier import Classifier
 
 
@@ -74,3 +75,48 @@ def test_nearest_training_distances_by_brute_force(evaluated):
     # float32 distances of about 10 over 784 pixels: a few units of 1e-6 relative.
     assert found["median_nearest_train_distance"] == pytest.approx(median_nearest(samples), rel=1e-5)
     assert found["median_test_nearest_train_distance"] == pytest.approx(median_nearest(test), rel=1e-5)
+
+
+class LinearJudge:
+    """features(x) = tanh(flatten(x) W); logits(f) = f V: a judge whose answers are known."""
+
+    def __init__(self, generator, in_dim=12, feature_dim=4, classes=3):
+        self.w = torch.randn(in_dim, feature_dim, generator=generator, dtype=torch.float64)
+        self.v = 3 * torch.randn(feature_dim, classes, generator=generator, dtype=torch.float64)
+
+    def features(self, x):
+        return torch.tanh(x.flatten(1) @ self.w)
+
+    def logits(self, features):
+        return features @ self.v
+
+
+def test_per_class_measures_match_loops_over_images_and_classes():
+    generator = torch.Generator().manual_seed(0)
+    judge = LinearJudge(generator)
+    images = torch.randn(24, 3, 2, 2, generator=generator, dtype=torch.float64)
+    requested = torch.arange(24) % 3
+    reference = torch.randn(60, 3, 2, 2, generator=generator, dtype=torch.float64)
+    reference_labels = torch.arange(60) % 3
+    train = torch.cat([images[:6], torch.randn(40, 3, 2, 2, generator=generator, dtype=torch.float64)])
+    found = per_class_measures(images, requested, judge, reference, reference_labels, train)
+
+    probabilities = [judge.logits(judge.features(image[None]))[0].softmax(0) for image in images]
+    agreement = [p.argmax().item() == y.item() for p, y in zip(probabilities, requested, strict=True)]
+    confident = [a and p.max().item() >= 0.9 for a, p in zip(agreement, probabilities, strict=True)]
+    assert found["agreement"] == pytest.approx(sum(agreement) / 24, abs=1e-15)
+    assert found["confident_fraction"] == pytest.approx(sum(confident) / 24, abs=1e-15)
+    assert 0 < found["confident_fraction"] < found["agreement"] < 1  # the data exercise every case
+
+    features, reference_features = judge.features(images), judge.features(reference)
+    kids = [metrics.kid(features[k::3], reference_features[k::3]) for k in range(3)]
+    assert found["kid"] == pytest.approx(sum(value for value, _ in kids) / 3, rel=1e-12)
+    assert found["kid_standard_error"] == pytest.approx((sum(e**2 for _, e in kids) / 9) ** 0.5, rel=1e-12)
+    fids = [metrics.fid(features[k::3], reference_features[k::3]) for k in range(3)]
+    assert found["fid"] == pytest.approx(sum(fids) / 3, rel=1e-12)
+    spreads = [
+        sum((features[i] - features[j]).norm().item() for i in range(k, 24, 3) for j in range(k, 24, 3) if i != j) / 56
+        for k in range(3)
+    ]  # 8 images per class, 56 ordered pairs
+    assert found["variety"] == pytest.approx(sum(spreads) / 3, rel=1e-12)
+    assert found["copied_fraction"] == 6 / 24  # the first six images are training images: ratio 0

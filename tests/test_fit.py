@@ -140,9 +140,9 @@ def test_fit_draws_batches_from_the_data_and_follows_the_learning_rate(monkeypat
     data = torch.arange(8.0)[:, None].expand(8, 2).contiguous()
     batches, losses_seen, original = [], [], fit_module.l_simple
 
-    def recording(model, schedule, batch, generator=None):
+    def recording(model, schedule, batch, generator=None, labels=None):
         batches.append(batch[:, 0].long())
-        loss = original(model, schedule, batch, generator)
+        loss = original(model, schedule, batch, generator, labels)
         losses_seen.append(loss.item())
         return loss
 

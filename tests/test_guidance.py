@@ -12,11 +12,12 @@ difference of formulas.
 import pytest
 import torch
 
-from diffusion_lib.fit import Noised
+from diffusion_lib.fit import Noised, drop_labels, fit
 from diffusion_lib.guidance import classifier_free, classifier_guided, limited_interval, log_likelihood_gradient
+from diffusion_lib.models.mlp import MLPDenoiser
 from diffusion_lib.models.noisy_classifier import NoisyClassifier
 from diffusion_lib.models.unet import UNet
-from diffusion_lib.optimal import MixtureDenoiser
+from diffusion_lib.optimal import ClassMixture, MixtureDenoiser
 from diffusion_lib.sampling import SAMPLERS, sample
 from diffusion_lib.schedules import NoiseSchedule
 
@@ -246,3 +247,100 @@ def test_limited_interval_guides_exactly_the_steps_whose_noise_level_lies_in_it(
         assert chosen(torch.zeros(1, 1), step_0).item() == expected
     with pytest.raises(ValueError, match="need 0 <= sigma_low < sigma_high, got sigma_low=3, sigma_high=1"):
         limited_interval(model, model, schedule, 3, 1)
+
+
+def test_class_mixture_is_the_per_class_and_unconditional_denoiser_and_its_logits_the_class_posterior(mixture, points):
+    schedule, conditional, class_logits = mixture
+    x, t, y = points
+    exact = ClassMixture(MEANS, schedule, STD)
+    for labels in (y, torch.full_like(y, NULL)):
+        torch.testing.assert_close(exact(x, t, labels), conditional(x, t, labels), rtol=RTOL64, atol=ATOL64)
+    torch.testing.assert_close(exact(x, t), conditional(x, t, torch.full_like(y, NULL)), rtol=RTOL64, atol=ATOL64)
+    torch.testing.assert_close(
+        exact.class_logits(x, t).softmax(1), class_logits(x, t).softmax(1), rtol=RTOL64, atol=ATOL64
+    )
+
+
+def test_the_class_posterior_and_conditional_denoiser_match_monte_carlo_over_clean_points():
+    """p_t(k | x_t) is proportional to E_{x_0 ~ class k} q(x_t | x_0), and E[x_0 | x_t, k] is the average of x_0
+    weighted by q(x_t | x_0): both estimated from 400,000 clean points per class. Tolerance: 5 standard errors of
+    the self-normalised estimates (delta method), computed from the same draws."""
+    schedule = NoiseSchedule.linear(100)
+    exact = ClassMixture(MEANS, schedule, STD)
+    generator = torch.Generator().manual_seed(1)
+    xt, t = torch.tensor([[0.3, 0.4]], dtype=torch.float64), torch.tensor([60])
+    alpha_bar = schedule.alpha_bars[60].double()
+    likelihoods, x0_means, x0_errors = [], [], []
+    for mean in MEANS:
+        x0 = mean + STD * torch.randn(400_000, 2, generator=generator, dtype=torch.float64)
+        q = torch.exp(-(xt - alpha_bar.sqrt() * x0).pow(2).sum(1) / (2 * (1 - alpha_bar)))  # q(x_t | x_0) / const
+        weights = q / q.sum()
+        x0_mean = weights @ x0
+        likelihoods.append((q.mean(), q.std() / len(q) ** 0.5))
+        x0_means.append(x0_mean)
+        x0_errors.append(((weights[:, None] * (x0 - x0_mean)).pow(2).sum(0)).sqrt())
+    mass = torch.stack([value for value, _ in likelihoods])
+    monte_carlo_posterior = mass / mass.sum()
+    posterior_error = torch.stack([error for _, error in likelihoods]) / mass.sum()
+    exact_posterior = exact.class_logits(xt, t).softmax(1)[0]
+    assert ((exact_posterior - monte_carlo_posterior).abs() <= 5 * posterior_error).all()
+    for k in range(NULL):
+        eps = exact(xt, t, torch.tensor([k]))
+        exact_x0 = (xt - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+        assert ((exact_x0[0] - x0_means[k]).abs() <= 5 * x0_errors[k]).all()
+
+
+def test_a_conditional_mlp_reads_its_labels_and_refuses_bad_ones():
+    torch.manual_seed(0)
+    model = MLPDenoiser(dim=2, width=16, depth=1, time_dim=8, num_classes=3)
+    x, t = torch.randn(4, 2), torch.tensor([0, 5, 9, 50])
+    with torch.no_grad():
+        model.label.weight.normal_()  # the label vectors differ, so the labels change eps
+        by_label = [model(x, t, torch.full((4,), k)) for k in range(4)]
+        assert all(not torch.allclose(by_label[0], other) for other in by_label[1:])
+        assert torch.equal(model(x, t), by_label[3])  # no labels: the null label 3
+    with pytest.raises(ValueError, match="label 4 out of range: allowed 0..2, or 3 for the null label"):
+        model(x, t, torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(ValueError, match=r"labels y must be an int64 or int32 tensor of shape \(4,\)"):
+        model(x, t, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="this MLPDenoiser is unconditional"):
+        MLPDenoiser(dim=2, width=16, depth=1, time_dim=8)(x, t, torch.zeros(4, dtype=torch.long))
+
+
+def test_class_dropout_replaces_labels_by_the_null_label_at_its_rate():
+    """Of 200,000 labels about 10 % become the null label: the count is binomial(200,000, 0.1), so 5 standard
+    deviations is 671; the labels that stay are unchanged."""
+    labels = torch.arange(200_000) % 3
+    dropped = drop_labels(labels, 3, 0.1, torch.Generator().manual_seed(0))
+    n, p = len(labels), 0.1
+    assert abs((dropped == 3).sum().item() - n * p) <= 5 * (n * p * (1 - p)) ** 0.5
+    assert torch.equal(dropped[dropped != 3], labels[dropped != 3])
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=f"class_dropout must be in \\[0, 1\\), got {bad}"):
+            drop_labels(labels, 3, bad)
+
+
+def test_fit_trains_a_conditional_model_on_labels_with_class_dropout():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        num_classes = 3
+
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x, t, y):
+            seen.append(y.clone())
+            return self.scale * x
+
+    data = torch.randn(30, 2)
+    labels = torch.arange(30) % 3
+    fit(Recorder(), NoiseSchedule.linear(10), data, steps=50, batch_size=400, labels=labels, class_dropout=0.2,
+        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    seen = torch.cat(seen)
+    n, p = len(seen), 0.2  # 20,000 labels, binomial count of nulls: 5 standard deviations is 283
+    assert abs((seen == 3).sum().item() - n * p) <= 5 * (n * p * (1 - p)) ** 0.5
+    assert set(seen.tolist()) == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="got 29 labels for 30 data points"):
+        fit(Recorder(), NoiseSchedule.linear(10), data, steps=1, labels=labels[:29])

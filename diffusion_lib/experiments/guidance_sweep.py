@@ -35,7 +35,7 @@ def guided_model(setting, config, conditional, classifier, schedule, labels):
     if kind == "free":
         return classifier_free(conditional, labels, scale)
     if kind == "classifier":
-        return classifier_guided(lambda x, t: conditional(x, t), classifier, schedule, labels, scale)
+        return classifier_guided(conditional, classifier, schedule, labels, scale)
     sigma_low, sigma_high = config["interval"]["sigma"]
     plain = classifier_free(conditional, labels, 1.0)
     return limited_interval(classifier_free(conditional, labels, scale), plain, schedule, sigma_low, sigma_high)
@@ -76,20 +76,19 @@ def build_guidance_sweep(experiment, folder, device, time_budget, needed):
             print(f"{setting} chunk {chunk + 1}/{len(chunks)}: {seconds:.1f} s", flush=True)
 
     judge = needed["mnist-classifier"].model.to(device)
+    requested = labels.repeat(len(chunks))
     images, found, seconds = {}, {}, 0.0
     for setting in setting_names(config):
         stored = [checkpoints.load(run / f"{setting}_{chunk}.safetensors") for chunk in chunks]
         images[setting] = torch.cat([tensors["samples"] for tensors, _ in stored])
         setting_seconds = sum(meta["seconds"] for _, meta in stored)
         probabilities = metrics.classify(judge, data.from_bytes(images[setting]).to(device))[1]
-        requested = labels.repeat(len(chunks))
         found[setting] = {
             "agreement": (probabilities.argmax(dim=1) == requested).double().mean().item(),
             "seconds_per_image": setting_seconds / len(requested),
         }
         seconds += setting_seconds
-    requested = labels.repeat(len(chunks)).cpu()
-    store.save_tensors(folder, "samples.safetensors", {**images, "labels": requested})
+    store.save_tensors(folder, "samples.safetensors", {**images, "labels": requested.cpu()})
     images_per_class = len(chunks) * config["chunk_per_class"]
     store.save_json(folder, "metrics.json", {"settings": found, "images_per_class": images_per_class})
     agreements = ", ".join(f"{setting} {row['agreement']:.3f}" for setting, row in found.items())

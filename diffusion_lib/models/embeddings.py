@@ -30,3 +30,33 @@ class TimeEmbedding(nn.Module):
 
     def forward(self, t):
         return self.mlp(sinusoidal_embedding(t, self.dim).to(self.mlp[0].weight.dtype))
+
+
+class ClassEmbedding(nn.Embedding):
+    """A learned vector for each label 0..num_classes-1 and one more for the null label num_classes ("no label"),
+    the class input of a conditional denoiser (Ho and Salimans 2022).
+
+    ``forward(y, t)`` reads no labels (y None) as the null label for every t, and checks that y is an integer
+    tensor of t's shape whose values are labels.
+    """
+
+    def __init__(self, num_classes, dim):
+        super().__init__(num_classes + 1, dim)
+        self.num_classes = num_classes
+
+    def forward(self, y, t):
+        if y is None:
+            y = torch.full_like(t, self.num_classes)
+        if y.shape != t.shape or y.dtype not in (torch.int32, torch.int64):
+            expected, got = tuple(t.shape), f"{y.dtype} {tuple(y.shape)}"
+            raise ValueError(f"labels y must be an int64 or int32 tensor of shape {expected}, got {got}")
+        if y.device.type == "cpu" and ((y < 0) | (y > self.num_classes)).any():
+            bad, k = y[(y < 0) | (y > self.num_classes)][0].item(), self.num_classes
+            raise ValueError(f"label {bad} out of range: allowed 0..{k - 1}, or {k} for the null label")
+        return super().forward(y)
+
+
+def check_unconditional(model, y):
+    """The error for labels given to a denoiser built without num_classes."""
+    if y is not None:
+        raise ValueError(f"this {type(model).__name__} is unconditional (num_classes=None) but got labels y")

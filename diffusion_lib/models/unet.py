@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import TimeEmbedding
+from .embeddings import ClassEmbedding, TimeEmbedding, check_unconditional
 
 
 def group_norm(channels, groups=32):
@@ -135,7 +135,7 @@ class UNet(nn.Module):
         self.image_channels, self.image_size, self.num_classes = image_channels, image_size, num_classes
         embedding_dim = 4 * channels
         self.time_embedding = TimeEmbedding(channels, embedding_dim)
-        self.class_embedding = None if num_classes is None else nn.Embedding(num_classes + 1, embedding_dim)
+        self.class_embedding = None if num_classes is None else ClassEmbedding(num_classes, embedding_dim)
         self.input = nn.Conv2d(image_channels, channels, 3, padding=1)
 
         widths = [channels * m for m in channel_mults]
@@ -174,18 +174,9 @@ class UNet(nn.Module):
         """The embedding every residual block receives: time features, plus class features when conditional."""
         embedding = self.time_embedding(t)
         if self.class_embedding is None:
-            if y is not None:
-                raise ValueError("this UNet is unconditional (num_classes=None) but got labels y")
+            check_unconditional(self, y)
             return embedding
-        if y is None:
-            y = torch.full_like(t, self.num_classes)
-        if y.shape != t.shape or y.dtype not in (torch.int32, torch.int64):
-            expected, got = tuple(t.shape), f"{y.dtype} {tuple(y.shape)}"
-            raise ValueError(f"labels y must be an int64 or int32 tensor of shape {expected}, got {got}")
-        if y.device.type == "cpu" and ((y < 0) | (y > self.num_classes)).any():
-            bad, k = y[(y < 0) | (y > self.num_classes)][0].item(), self.num_classes
-            raise ValueError(f"label {bad} out of range: allowed 0..{k - 1}, or {k} for the null label")
-        return embedding + self.class_embedding(y)
+        return embedding + self.class_embedding(y, t)
 
     def forward(self, x, t, y=None):
         expected = (self.image_channels, self.image_size, self.image_size)
