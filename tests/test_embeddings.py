@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from diffusion_lib.models import sinusoidal_embedding
+from diffusion_lib.models.embeddings import ClassEmbedding
 
 
 def test_sinusoidal_embedding_matches_the_formula():
@@ -32,3 +33,18 @@ def test_embedding_inner_product_depends_only_on_the_step_difference():
 def test_time_embedding_needs_an_even_dimension(mentions):
     with pytest.raises(ValueError, match=mentions("dim", "7")):
         sinusoidal_embedding(torch.arange(3), 7)
+
+
+def test_class_embedding_reads_labels_with_or_without_steps_and_names_bad_input():
+    torch.manual_seed(0)
+    embedding = ClassEmbedding(num_classes=3, dim=4)
+    y, t = torch.tensor([0, 2, 3]), torch.tensor([5, 6, 7])
+    assert torch.equal(embedding(y), embedding.weight[y])  # the steps only fix the expected shape
+    assert torch.equal(embedding(y, t), embedding.weight[y])
+    assert torch.equal(embedding(None, t), embedding.weight[[3, 3, 3]])  # no labels: the null label 3
+    with pytest.raises(ValueError, match="without labels y, the steps t are needed"):
+        embedding(None)
+    with pytest.raises(ValueError, match=r"labels y must be an int64 or int32 tensor of shape \(3,\)"):
+        embedding(y[:2], t)
+    with pytest.raises(ValueError, match="label -1 out of range: allowed 0..2, or 3 for the null label"):
+        embedding(torch.tensor([-1]))

@@ -36,19 +36,22 @@ class ClassEmbedding(nn.Embedding):
     """A learned vector for each label 0..num_classes-1 and one more for the null label num_classes ("no label"),
     the class input of a conditional denoiser (Ho and Salimans 2022).
 
-    ``forward(y, t)`` reads no labels (y None) as the null label for every t, and checks that y is an integer
-    tensor of t's shape whose values are labels.
+    ``forward(y, t=None)`` checks that y is an integer tensor (of t's shape when the steps t are given) whose
+    values are labels, and reads no labels (y None) as the null label for every step of t.
     """
 
     def __init__(self, num_classes, dim):
         super().__init__(num_classes + 1, dim)
         self.num_classes = num_classes
 
-    def forward(self, y, t):
+    def forward(self, y, t=None):
         if y is None:
+            if t is None:
+                raise ValueError("without labels y, the steps t are needed to give one null label per step")
             y = torch.full_like(t, self.num_classes)
-        if y.shape != t.shape or y.dtype not in (torch.int32, torch.int64):
-            expected, got = tuple(t.shape), f"{y.dtype} {tuple(y.shape)}"
+        expected = tuple(y.shape if t is None else t.shape)
+        if tuple(y.shape) != expected or y.dtype not in (torch.int32, torch.int64):
+            got = f"{y.dtype} {tuple(y.shape)}"
             raise ValueError(f"labels y must be an int64 or int32 tensor of shape {expected}, got {got}")
         if y.device.type == "cpu" and ((y < 0) | (y > self.num_classes)).any():
             bad, k = y[(y < 0) | (y > self.num_classes)][0].item(), self.num_classes
