@@ -210,3 +210,12 @@ def mean_pairwise_distance(x):
         raise ValueError(f"x must have shape (n >= 2, d), got {tuple(x.shape)}")
     n = len(x)
     return (torch.pdist(x).sum() * 2 / (n * (n - 1))).item()
+
+
+def cosine_similarity(a, b):
+    """Row by row, a_i . b_i / (|a_i| |b_i|) for a and b of shape (n, d): 1 for rows pointing the same way, 0 for
+    orthogonal ones. Subtract a common centre (the data's mean) first to compare images rather than their shared
+    background."""
+    if a.dim() != 2 or a.shape != b.shape:
+        raise ValueError(f"a and b must both have shape (n, d), got {tuple(a.shape)} and {tuple(b.shape)}")
+    return torch.nn.functional.cosine_similarity(a, b.to(a.dtype), dim=1)

@@ -43,11 +43,13 @@ class MixtureDenoiser:
     """
 
     def __init__(self, means, schedule, std=0.0, weights=None, chunk_size=4096):
-        self.shape, self.means = tuple(means.shape[1:]), means.flatten(1)
-        self.schedule, self.std, self.chunk_size = schedule, std, chunk_size
+        self.shape, self.schedule, self.std, self.chunk_size = tuple(means.shape[1:]), schedule, std, chunk_size
+        means = means.flatten(1)
         weights = torch.ones(len(means), dtype=means.dtype) if weights is None else torch.as_tensor(weights)
-        self.log_weights = (weights / weights.sum()).log()
-        self.squared_norms = self.means.pow(2).sum(1)
+        log_weights = (weights / weights.sum()).log().to(means.dtype)
+        # columns [mu_k, |mu_k|^2, log w_k]: against rows [s x / v, -s^2 / 2v, 1] their products are the logits
+        self.table = torch.cat([means, means.pow(2).sum(1, keepdim=True), log_weights[:, None]], dim=1)
+        self.means = self.table[:, :-2]
 
     def _levels(self, xt, t):
         if tuple(xt.shape[1:]) != self.shape:
@@ -58,10 +60,10 @@ class MixtureDenoiser:
         return alpha_bar.sqrt(), alpha_bar * self.std**2 + 1 - alpha_bar
 
     def _logits(self, x, s, v, chunk):
-        """log r_k up to a constant per row: log w_k + (s x . mu_k - s^2 |mu_k|^2 / 2) / v (|x|^2 cancels)."""
-        means = self.means[chunk].to(x.dtype)
-        log_weights = self.log_weights[chunk].to(x.dtype)
-        return log_weights + (s * x @ means.T - s**2 / 2 * self.squared_norms[chunk].to(x.dtype)) / v
+        """log r_k up to a constant per row: log w_k + (s x . mu_k - s^2 |mu_k|^2 / 2) / v (|x|^2 cancels), as one
+        matrix product."""
+        rows = torch.cat([s / v * x, -(s**2) / (2 * v), torch.ones_like(v)], dim=1)
+        return rows @ self.table[chunk].to(x.dtype).T
 
     def log_posterior(self, xt, t):
         """log r_k(x_t) up to a constant per row, shape (B, K)."""
@@ -85,7 +87,7 @@ class MixtureDenoiser:
         for chunk in self._chunks():
             logits = self._logits(x, s, v, chunk)
             new_max = torch.maximum(running_max, logits.max(dim=1, keepdim=True).values)
-            rescale, exponentials = (running_max - new_max).exp(), (logits - new_max).exp()
+            rescale, exponentials = (running_max - new_max).exp(), logits.sub_(new_max).exp_()
             total = total * rescale + exponentials.sum(dim=1, keepdim=True)
             weighted = weighted * rescale + exponentials @ self.means[chunk].to(x.dtype)
             running_max = new_max
@@ -131,3 +133,62 @@ class EmpiricalDenoiser(MixtureDenoiser):
 
     def __init__(self, images, schedule, chunk_size=4096):
         super().__init__(images, schedule, std=0.0, chunk_size=chunk_size)
+
+
+def patches(images, size, circular=True):
+    """Every size x size patch of images (B, C, H, W), one centred on each pixel: shape (B, H W, C size^2), the
+    pixels in row-major order. For even sizes the centre is the lower-right of the middle four pixels. Beyond the
+    edges a patch wraps around (circular padding), or with ``circular=False`` reads zeros."""
+    height, width = images.shape[-2:]
+    if not 1 <= size <= min(height, width):
+        raise ValueError(f"patch size must be between 1 and the image side {min(height, width)}, got {size!r}")
+    before = size // 2
+    padding = (before, size - 1 - before) * 2
+    padded = torch.nn.functional.pad(images, padding, mode="circular" if circular else "constant")
+    return torch.nn.functional.unfold(padded, size).transpose(1, 2)
+
+
+class PatchDenoiser:
+    """The optimal denoiser restricted to patches (Kamb and Ganguli 2024), eq. `patch-denoiser`: pixel p of
+    E[x_0 | x_t] is estimated from the patch of x_t around p alone, as the centre pixel of the empirical optimal
+    denoiser (:class:`EmpiricalDenoiser`) of training patches.
+
+    With ``equivariant=True`` (their equivariant local score machine) the training patches come from every
+    position, so the estimate commutes with circular shifts of the image; with ``equivariant=False`` (their local
+    machine) pixel p uses the training patches centred on p only, and a patch as large as the image gives back the
+    optimal denoiser of the whole training set. Either way a new image can be a mosaic of training patches.
+
+    Patches wrap around the edges, or with ``border`` a value (the background) the images are surrounded by it:
+    training patches by that value, noisy ones by its noiseless part sqrt(alpha_bar_t) border. A border breaks
+    the equivariance at the edges and tells a patch where in the image it is.
+    """
+
+    def __init__(self, images, schedule, patch_size, equivariant=True, border=None, chunk_size=4096):
+        self.shape, self.patch_size, self.schedule = tuple(images.shape[1:]), patch_size, schedule
+        self.circular, self.background = border is None, 0.0 if border is None else border
+        training = patches(images - self.background, patch_size, self.circular)  # (N, P, D)
+        if equivariant:  # a patch met m times (blank background, mostly) is one component of weight m
+            distinct, counts = torch.unique(training.flatten(0, 1), dim=0, return_counts=True)
+            weights = counts.to(images.dtype)
+            self.positions = [MixtureDenoiser(distinct, schedule, weights=weights, chunk_size=chunk_size)]
+        else:
+            self.positions = [EmpiricalDenoiser(training[:, p], schedule, chunk_size) for p in range(training.shape[1])]
+
+    def x0(self, xt, t):
+        """The patch-by-patch estimate of E[x_0 | x_t], shaped like x_t."""
+        if tuple(xt.shape[1:]) != self.shape:
+            raise ValueError(f"x_t has shape {tuple(xt.shape)} but the training images have shape (N, {self.shape})")
+        s = self.schedule.at(self.schedule.alpha_bars, t, xt).sqrt()
+        queries = patches(xt - s * self.background, self.patch_size, self.circular)  # (B, P, D)
+        batch, positions, _ = queries.shape
+        if len(self.positions) == 1:
+            estimates = self.positions[0].x0(queries.flatten(0, 1), t.repeat_interleave(positions))
+        else:
+            estimates = torch.stack([denoiser.x0(queries[:, p], t) for p, denoiser in enumerate(self.positions)], 1)
+        centre = (self.patch_size // 2) * (self.patch_size + 1)
+        channels = self.shape[0]
+        centres = estimates.reshape(batch, positions, channels, self.patch_size**2)[..., centre]  # (B, P, C)
+        return centres.transpose(1, 2).reshape(xt.shape) + self.background
+
+    def __call__(self, xt, t):
+        return eps_from_x0(self.schedule, xt, t, self.x0(xt, t))

@@ -26,6 +26,7 @@ from diffusion_lib.metrics import (
     confident_fraction,
     copied_fraction,
     copy_ratios,
+    cosine_similarity,
     fid,
     frechet_distance,
     gaussian_statistics,
@@ -618,3 +619,17 @@ def test_mean_pairwise_distance_matches_a_double_loop():
     assert mean_pairwise_distance(torch.ones(5, 2)) == 0
     with pytest.raises(ValueError, match=r"x must have shape \(n >= 2, d\), got \(1, 3\)"):
         mean_pairwise_distance(torch.zeros(1, 3))
+
+
+def test_cosine_similarity_matches_a_loop_and_refuses_bad_shapes():
+    generator = torch.Generator().manual_seed(11)
+    a, b = torch.randn(6, 4, generator=generator, dtype=torch.float64), torch.randn(6, 4, generator=generator)
+    expected = [
+        sum(x * y for x, y in zip(a[i].tolist(), b[i].tolist(), strict=True))
+        / math.sqrt(sum(x * x for x in a[i].tolist()) * sum(y * y for y in b[i].tolist()))
+        for i in range(6)
+    ]
+    torch.testing.assert_close(cosine_similarity(a, b), torch.tensor(expected, dtype=torch.float64))
+    torch.testing.assert_close(cosine_similarity(a, 3 * a), torch.ones(6, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"a and b must both have shape \(n, d\)"):
+        cosine_similarity(a, b[:5])

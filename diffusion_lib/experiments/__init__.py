@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .conditional import build_conditional, make_conditional_unet, open_conditional
 from .ddpm import build_ddpm, make_unet, open_diffusion
+from .generalization import build_generalization
 from .guidance_sweep import build_guidance_sweep
 from .judge import build_classifier, make_classifier
 from .noisy_judge import build_noisy_classifier, make_noisy_classifier
@@ -267,6 +268,42 @@ EXPERIMENTS = {
                 "data.py:from_bytes",
             ),
             needs=("mnist-cfg", "mnist-noisy-classifier", "mnist-classifier"),
+        ),
+        Experiment(
+            "digits-generalization",
+            "Pairs of MLP denoisers trained on disjoint halves of scikit-learn's 8 x 8 digits, N images each, for N "
+            "from 6 to 750 with the same step budget; samples of every model from the same x_T, DDIM 100 steps.",
+            {
+                "dataset": "digits",
+                "sizes": [6, 12, 23, 47, 94, 188, 375, 750],
+                "width": 256,
+                "depth": 3,
+                "steps": 4000,
+                "batch_size": 128,
+                "lr": 1e-3,
+                "schedule": "linear",
+                "T": 1000,
+                "samples": 500,
+                "sampling_steps": 100,
+                "loss_draws": 16384,
+                "seed": 0,
+            },
+            build_generalization,
+            None,
+            (
+                "experiments/generalization.py",
+                "models/mlp.py",
+                "models/embeddings.py",
+                "fit.py:fit",
+                "fit.py:cosine_learning_rate",
+                "fit.py:optimisation_step",
+                "losses.py",
+                *SAMPLING_SOURCES,
+                "checkpoints.py",
+                "experiments/ddpm.py:forget_other_runs",
+                "data.py:digits",
+                "data.py:as_tensors",
+            ),
         ),
     ]
 }
