@@ -154,9 +154,10 @@ class PatchDenoiser:
     denoiser (:class:`EmpiricalDenoiser`) of training patches.
 
     With ``equivariant=True`` (their equivariant local score machine) the training patches come from every
-    position, so the estimate commutes with circular shifts of the image; with ``equivariant=False`` (their local
-    machine) pixel p uses the training patches centred on p only, and a patch as large as the image gives back the
-    optimal denoiser of the whole training set. Either way a new image can be a mosaic of training patches.
+    position, so that with wrap-around the estimate commutes with circular shifts of the image; with
+    ``equivariant=False`` (their local machine) pixel p uses the training patches centred on p only, and with
+    wrap-around a patch as large as the image gives back the optimal denoiser of the whole training set. Either
+    way a new image can be a mosaic of training patches.
 
     Patches wrap around the edges, or with ``border`` a value (the background) the images are surrounded by it:
     training patches by that value, noisy ones by its noiseless part sqrt(alpha_bar_t) border. A border breaks
