@@ -166,6 +166,7 @@ class PatchDenoiser:
 
     def __init__(self, images, schedule, patch_size, equivariant=True, border=None, chunk_size=4096):
         self.shape, self.patch_size, self.schedule = tuple(images.shape[1:]), patch_size, schedule
+        self.equivariant = equivariant
         self.circular, self.background = border is None, 0.0 if border is None else border
         training = patches(images - self.background, patch_size, self.circular)  # (N, P, D)
         if equivariant:  # a patch met m times (blank background, mostly) is one component of weight m
@@ -182,7 +183,7 @@ class PatchDenoiser:
         s = self.schedule.at(self.schedule.alpha_bars, t, xt).sqrt()
         queries = patches(xt - s * self.background, self.patch_size, self.circular)  # (B, P, D)
         batch, positions, _ = queries.shape
-        if len(self.positions) == 1:
+        if self.equivariant:
             estimates = self.positions[0].x0(queries.flatten(0, 1), t.repeat_interleave(positions))
         else:
             estimates = torch.stack([denoiser.x0(queries[:, p], t) for p, denoiser in enumerate(self.positions)], 1)
