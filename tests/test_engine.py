@@ -378,11 +378,11 @@ def test_resume_rejects_another_defining_config(tmp_path, config):
     assert [step for step, _ in losses(out)] == [2, 4, 6]
 
 
-def test_a_moved_run_folder_resumes(run_a, tmp_path, config):
+def test_a_moved_run_folder_resumes_and_an_ample_budget_does_not_stop_it(run_a, tmp_path, config):
     before, after = tmp_path / "before", tmp_path / "after"
     train(config(before, time_budget=0))
     before.rename(after)
-    train(config(after))
+    train(config(after, time_budget=3600))  # an hour for six tiny steps
     assert_same_weights(run_a, after)
 
 
@@ -904,3 +904,16 @@ def test_the_sampling_command_names_only_the_stored_diffusion_models(capsys):
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.endswith("argument --guidance-scale: needs --label, the class to steer towards")
+
+
+def test_data_loader_batches_are_the_in_memory_batches():
+    """A data set that is not held in memory (a folder of images, CelebA) goes through a DataLoader with the same
+    batch order: on the 8 x 8 digits both paths give the same images and labels, batch for batch."""
+    dataset = data.image_dataset("digits")
+    in_memory = data.as_tensors(dataset)
+    process = train_module.Process("cpu")
+    config = SimpleNamespace(batch_size=16, seed=3, workers=0)
+    from_memory = train_module._batches(dataset, in_memory, process, config, start_step=5)
+    from_loader = train_module._batches(dataset, None, process, config, start_step=5)
+    for (x, y), (x_loaded, y_loaded) in itertools.islice(zip(from_memory, from_loader, strict=False), 4):
+        assert torch.equal(x, x_loaded) and torch.equal(y, y_loaded)

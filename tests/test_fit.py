@@ -263,8 +263,9 @@ def test_a_small_trained_model_samples_close_to_the_data():
 
 
 def test_fitting_draws_only_from_the_generator_it_is_given():
-    """Randomness is explicit: with the same generator seed and the same initial weights, fit and fit_classifier
-    repeat exactly, whatever the global generator's state (reseeded differently before each run)."""
+    """Randomness is explicit: with the same generator seed and the same initial weights, fit (with and without
+    labels, whose dropout draws from the generator too) and fit_classifier repeat exactly, whatever the global
+    generator's state (reseeded differently before each run)."""
 
     def run_fit(global_seed):
         torch.manual_seed(0)
@@ -273,6 +274,15 @@ def test_fitting_draws_only_from_the_generator_it_is_given():
         data = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
         schedule = NoiseSchedule.linear(T=10)
         return fit(model, schedule, data, steps=5, batch_size=4, generator=torch.Generator().manual_seed(2))
+
+    def run_conditional_fit(global_seed):
+        torch.manual_seed(0)
+        model = MLPDenoiser(width=8, depth=1, time_dim=8, num_classes=3)
+        torch.manual_seed(global_seed)
+        data = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
+        labels = torch.arange(32) % 3
+        return fit(model, NoiseSchedule.linear(T=10), data, steps=5, batch_size=4, labels=labels, class_dropout=0.5,
+                   generator=torch.Generator().manual_seed(2))  # fmt: skip
 
     def run_fit_classifier(global_seed):
         torch.manual_seed(0)
@@ -284,4 +294,5 @@ def test_fitting_draws_only_from_the_generator_it_is_given():
         return fit_classifier(model, images, labels, epochs=3, batch_size=8, lr=0.1, generator=generator)
 
     assert run_fit(10) == run_fit(11)
+    assert run_conditional_fit(10) == run_conditional_fit(11)
     assert run_fit_classifier(10) == run_fit_classifier(11)

@@ -198,8 +198,9 @@ def test_the_noisy_classifier_depends_on_the_step(small_networks):
 
 
 def test_noised_feeds_the_classifier_x_t_drawn_from_its_generator():
-    """Noised draws t then eps from its generator and feeds q_sample(x_0, t, eps): the same draws made by hand give
-    the same input, and a generator restored to an earlier state repeats them (so a checkpoint resumes them)."""
+    """Noised draws t then eps (in the images' dtype) from its generator and feeds q_sample(x_0, t, eps): the same
+    draws made by hand give the same input, and a generator restored to an earlier state repeats them (so a
+    checkpoint resumes them)."""
     schedule = NoiseSchedule.linear(1000)
     seen = []
 
@@ -209,12 +210,12 @@ def test_noised_feeds_the_classifier_x_t_drawn_from_its_generator():
 
     generator = torch.Generator().manual_seed(5)
     state = generator.get_state()
-    x0 = torch.rand(6, 1, 4, 4) * 2 - 1
+    x0 = torch.rand(6, 1, 4, 4, dtype=torch.float64) * 2 - 1
     Noised(recording, schedule, generator)(x0)
     by_hand = torch.Generator().manual_seed(5)
     t = torch.randint(0, 1000, (6,), generator=by_hand)
-    eps = torch.randn(x0.shape, generator=by_hand)
-    torch.testing.assert_close(seen[0][0], schedule.q_sample(x0, t, eps))
+    eps = torch.randn(x0.shape, generator=by_hand, dtype=torch.float64)
+    torch.testing.assert_close(seen[0][0], schedule.q_sample(x0, t, eps), rtol=0, atol=0)
     assert torch.equal(seen[0][1], t)
     generator.set_state(state)
     Noised(recording, schedule, generator)(x0)
@@ -315,6 +316,7 @@ def test_class_dropout_replaces_labels_by_the_null_label_at_its_rate():
     n, p = len(labels), 0.1
     assert abs((dropped == 3).sum().item() - n * p) <= 5 * (n * p * (1 - p)) ** 0.5
     assert torch.equal(dropped[dropped != 3], labels[dropped != 3])
+    assert torch.equal(drop_labels(labels, 3, 0.0), labels)  # no dropout: every label stays
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match=f"class_dropout must be in \\[0, 1\\), got {bad}"):
             drop_labels(labels, 3, bad)

@@ -109,3 +109,22 @@ def test_denoising_loss_gives_the_labels_to_a_conditional_network_only_when_give
     conditional = denoising_loss(model, schedule, x0, t, eps, labels=labels)
     assert seen[0] == () and len(seen[1]) == 1 and seen[1][0] is labels
     assert unconditional.item() == conditional.item() == pytest.approx(eps.pow(2).mean().item(), rel=1e-6)
+
+
+def test_l_simple_draws_t_then_eps_in_the_data_precision_from_its_generator_and_passes_the_labels():
+    """l_simple's draws, made again by hand from a generator seeded alike: t uniform on 0..T-1, then eps in float64
+    for float64 data; the network receives exactly q_sample(x_0, t, eps) and the labels given."""
+    schedule = NoiseSchedule.cosine(T=50)
+    x0 = torch.rand(64, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    labels, seen = torch.arange(64) % 4, {}
+
+    def model(x, t, y):
+        seen.update(x=x, t=t, y=y)
+        return torch.zeros_like(x)
+
+    l_simple(model, schedule, x0, torch.Generator().manual_seed(5), labels)
+    by_hand = torch.Generator().manual_seed(5)
+    t = torch.randint(0, schedule.T, (64,), generator=by_hand)
+    eps = torch.randn(x0.shape, generator=by_hand, dtype=torch.float64)
+    assert torch.equal(seen["t"], t) and seen["y"] is labels
+    torch.testing.assert_close(seen["x"], schedule.q_sample(x0, t, eps), rtol=0, atol=0)

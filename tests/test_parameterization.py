@@ -22,6 +22,7 @@ from diffusion_lib.parameterization import (
     eps_from_v,
     eps_from_x0,
     prediction_target,
+    score_from_eps,
     v_from_eps,
     x0_from_eps,
     x0_from_v,
@@ -62,6 +63,25 @@ def test_v_is_the_derivative_of_x_t_along_the_angle():
         derivative = math.cos(phi + h) * x0 + math.sin(phi + h) * eps - math.cos(phi - h) * x0 - math.sin(phi - h) * eps
         v = v_from_eps(schedule, x0[None], t, eps[None])[0]
         torch.testing.assert_close(v, derivative / (2 * h), rtol=0, atol=1e-8)
+
+
+def test_score_from_the_optimal_eps_is_the_gradient_of_log_q_t():
+    """score-eps on Gaussian data x_0 ~ N(mu, s^2 I), where everything is known in closed form: x_t ~ N(sqrt(abar) mu,
+    v I) with v = abar s^2 + 1 - abar, and the optimal eps* = E[eps | x_t] = sqrt(1 - abar) (x_t - sqrt(abar) mu) / v
+    by Gaussian regression (Cov(eps, x_t) = sqrt(1 - abar) I). The score is checked against autograd of log q_t."""
+    schedule = NoiseSchedule.cosine(T=1000)
+    g = torch.Generator().manual_seed(6)
+    mu, s = torch.randn(3, dtype=torch.float64, generator=g), 0.7
+    t = torch.tensor([0, 1, 250, 700, 999])
+    x = 3 * torch.randn(len(t), 3, dtype=torch.float64, generator=g)
+    abar = schedule.alpha_bars[t][:, None]
+    mean, v = abar.sqrt() * mu, abar * s**2 + 1 - abar
+    optimal_eps = (1 - abar).sqrt() * (x - mean) / v
+    x.requires_grad_(True)
+    log_q = torch.distributions.Normal(mean, v.sqrt()).log_prob(x).sum()
+    (autograd_score,) = torch.autograd.grad(log_q, x)
+    # float64 rounding in both: the score is O(|x - mean| / v) <= 1e3 here, computed in a few operations.
+    torch.testing.assert_close(score_from_eps(schedule, t, optimal_eps), autograd_score, rtol=1e-12, atol=1e-12)
 
 
 # Training targets and as_eps_model -------------------------------------------------------------------
@@ -105,11 +125,11 @@ def test_a_perfect_model_has_zero_loss_and_recovers_eps(prediction):
 
 def test_unknown_prediction_raises(tmp_path, tiny_training):
     schedule, x0, t, eps = perfect_setup()
-    with pytest.raises(ValueError, match="unknown prediction 'score'"):
+    with pytest.raises(ValueError, match="unknown prediction 'score'; allowed: eps, x0, v"):
         prediction_target(schedule, x0, t, eps, "score")
-    with pytest.raises(ValueError, match="unknown prediction 'score'"):
+    with pytest.raises(ValueError, match="unknown prediction 'score'; allowed: eps, x0, v"):
         denoising_loss(lambda x, steps: x, schedule, x0, t, eps, "score")
-    with pytest.raises(ValueError, match="unknown prediction 'score'"):
+    with pytest.raises(ValueError, match="unknown prediction 'score'; allowed: eps, x0, v"):
         as_eps_model(lambda x, steps: x, schedule, "score")
     with pytest.raises(ValueError, match="prediction must be one of eps, x0, v, got 'score'"):
         train(TrainConfig(**tiny_training, prediction="score", out=str(tmp_path / "run")))
@@ -121,6 +141,19 @@ def test_unknown_prediction_raises(tmp_path, tiny_training):
 
 T_STEP = 1000  # the steps of the oracle_schedule fixture (conftest.py)
 SHAPE = (6, 1, 3, 3)  # NCHW, so that the per-example tables broadcast over channels and pixels
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_as_eps_model_passes_the_labels_through_to_the_network(prediction):
+    schedule, x0, t, eps = perfect_setup()
+    labels, seen = torch.tensor([2, 0, 1, 3]), []
+
+    def conditional(x, steps, y):
+        seen.append(y)
+        return prediction_target(schedule, x0, t, eps, prediction)
+
+    recovered = as_eps_model(conditional, schedule, prediction)(schedule.q_sample(x0, t, eps), t, labels)
+    assert seen == [labels] and (recovered - eps).abs().max().item() < 1e-10
 
 
 def test_v_from_eps_matches_get_velocity(oracle_schedule, float64_scheduler, randn, assert_close64):

@@ -338,9 +338,10 @@ def flow_from_data(x0, alpha_bar, mu, variances, q):
     return alpha_bar**0.5 * mu + ((alpha_bar * variances + 1 - alpha_bar).sqrt() * c / variances.sqrt()) @ q.T
 
 
-def float64_ddim(schedule, num_steps):
-    """diffusers' DDIMScheduler for ``schedule`` with "leading" timesteps, no offset and no clipping, whose
-    alpha-bar tables are float64 (its step reads only alphas_cumprod and final_alpha_cumprod; see conftest.py).
+def float64_ddim(schedule, num_steps, clip_sample=False):
+    """diffusers' DDIMScheduler for ``schedule`` with "leading" timesteps, no offset and clipping of x_0 to [-1, 1]
+    only if asked, whose alpha-bar tables are float64 (its step reads only alphas_cumprod and final_alpha_cumprod;
+    see conftest.py).
 
     set_alpha_to_one=True makes the step after timestep 0 land on alpha_bar = 1, as ddim_step does at t = 0
     (alpha_bars_prev[0] = 1).
@@ -351,7 +352,8 @@ def float64_ddim(schedule, num_steps):
         timestep_spacing="leading",
         steps_offset=0,
         set_alpha_to_one=True,
-        clip_sample=False,
+        clip_sample=clip_sample,
+        clip_sample_range=1.0,
         prediction_type="epsilon",
     )
     scheduler.set_timesteps(num_steps)
@@ -411,6 +413,27 @@ def test_ddim_step_on_the_respaced_leading_grid_matches_diffusers_ddim(oracle_sc
         x = scheduler.step(model(x, t), t, x).prev_sample
         y = ddim_step(respaced, model(y, t), i, y, torch.zeros_like(y))
         assert_close64(y, x, msg=lambda m, t=t: f"after the step at t={t}: {m}")
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_step_with_clipping_matches_diffusers_ddim_using_the_clipped_output(oracle_schedule, eta, assert_close64):
+    """clip_x0: x_0 clamped to [-1, 1] and eps recomputed from it, as DDIMScheduler does with clip_sample and
+    use_clipped_model_output, for every eta, given the same noise; on the leading grid as above. The data have a
+    mean coordinate of 2, so the clamp changes the result. Float64 tolerance as above."""
+    num_steps = 10
+    scheduler = float64_ddim(oracle_schedule, num_steps, clip_sample=True)
+    leading = scheduler.timesteps.flip(0)
+    respaced = oracle_schedule.respaced(leading)
+    model, *_ = gaussian_denoiser(oracle_schedule)
+    g = torch.Generator().manual_seed(22)
+    x = y = unclipped = torch.randn(16, 3, generator=g, dtype=f64)
+    for i in reversed(range(num_steps)):
+        t, noise = int(leading[i]), torch.randn(16, 3, generator=g, dtype=f64)
+        x = scheduler.step(model(x, t), t, x, eta=eta, use_clipped_model_output=True, variance_noise=noise).prev_sample
+        unclipped = ddim_step(respaced, model(unclipped, t), i, unclipped, noise, eta=eta)
+        y = ddim_step(respaced, model(y, t), i, y, noise, eta=eta, clip_x0=True)
+        assert_close64(y, x, msg=lambda m, t=t: f"after the step at t={t}: {m}")
+    assert y.abs().max() <= 1 and unclipped.abs().max() > 1.5
 
 
 # diffusers' set_timesteps calls np.array on a tensor, which numpy 2 flags with a DeprecationWarning (not ours).
@@ -577,6 +600,17 @@ def test_slerp_matches_the_formula():
         torch.testing.assert_close(slerp(z0, z1, alpha), expected, rtol=1e-12, atol=1e-12)
 
 
+def test_slerp_between_parallel_or_opposite_noises_survives_rounding():
+    """In float32 the computed cosine of z with itself (or with -z) can round past +1 (-1), where arccos is NaN: the
+    same noise twice must give it back, and opposite noises must be refused, for every one of many random noises."""
+    g = torch.Generator().manual_seed(29)
+    for _ in range(50):
+        z = torch.randn(3, 32, 32, generator=g)
+        torch.testing.assert_close(slerp(z, z, 0.3), z, rtol=1e-6, atol=1e-6)
+        with pytest.raises(ValueError, match="opposite"):
+            slerp(z, -z, 0.3)
+
+
 def test_sampling_refuses_an_unknown_sampler(schedule, mentions):
     with pytest.raises(ValueError, match=mentions("sampler", "'euler'", "ddpm", "ddim", "dpm-solver++")):
         sample(zero_model, schedule, (4, 2), sampler="euler")
@@ -609,12 +643,13 @@ sample(zero, NoiseSchedule.linear(10), (2, 2), sampler="ddim", num_steps=7, prog
 
 
 def test_progress_bar_is_shown_on_request_only():
-    """In a fresh interpreter with an environment that lacks TQDM_DISABLE (tqdm reads it at import): progress=False
-    writes nothing at all, progress=True a tqdm bar named after the sampler, on stderr, that reaches 7/7."""
+    """In a fresh interpreter with this environment less tqdm's settings (tqdm reads TQDM_DISABLE at import):
+    progress=False writes nothing at all, progress=True a tqdm bar named after the sampler, on stderr, that reaches
+    7/7."""
     repo = Path(__file__).resolve().parents[1]
     result = subprocess.run(
         [sys.executable, "-c", PROGRESS_SCRIPT],
-        env={"PATH": os.environ.get("PATH", "")},
+        env={name: value for name, value in os.environ.items() if not name.startswith("TQDM_")},
         cwd=repo,
         capture_output=True,
         text=True,
@@ -644,6 +679,23 @@ def test_an_unknown_sampler_is_refused_before_anything_is_drawn():
     assert torch.equal(generator.get_state(), state)
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
         sample_loop(lambda x, t: x, schedule, torch.zeros(2, 3), sampler="euler")  # raised on the call itself
+
+
+def test_langevin_takes_the_step_of_its_equation_with_noise_from_its_generator():
+    """Two steps of eq. langevin written out by hand, x + (delta / 2) score(x) + sqrt(delta) z, with z drawn in float64
+    from a generator seeded like the one langevin is given: equal to rounding."""
+
+    def score(x):  # of N(0, 0.25 I)
+        return -x / 0.25
+
+    x0 = torch.randn(5, 3, generator=torch.Generator().manual_seed(30), dtype=f64)
+    delta, by_hand = 0.01, torch.Generator().manual_seed(31)
+    expected = x0
+    for _ in range(2):
+        z = torch.randn(x0.shape, generator=by_hand, dtype=f64)
+        expected = expected + delta / 2 * score(expected) + math.sqrt(delta) * z
+    result = langevin(score, x0, delta, 2, generator=torch.Generator().manual_seed(31))
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-15)
 
 
 def test_langevin_on_a_gaussian_follows_its_autoregression_in_closed_form():

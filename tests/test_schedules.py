@@ -228,6 +228,20 @@ def test_snr_is_signal_over_noise_variance():
         assert (schedule.snr.diff() < 0).all()
 
 
+def test_from_log_snr_inverts_the_log_snr():
+    """from_log_snr (eq. snr): the schedule rebuilt from log(alpha_bar / (1 - alpha_bar)) of another has its alpha
+    bars and betas, in float64; a list, a float32 tensor and a float64 tensor all give a float64 schedule."""
+    for schedule in SCHEDULES.values():
+        log_snr = (schedule.alpha_bars / (1 - schedule.alpha_bars)).log()
+        assert NoiseSchedule.from_log_snr(log_snr.float()).alpha_bars.dtype == torch.float64
+        for given in (log_snr, log_snr.tolist()):
+            rebuilt = NoiseSchedule.from_log_snr(given)
+            assert rebuilt.alpha_bars.dtype == torch.float64 and rebuilt.T == schedule.T
+            # sigmoid(log(a / (1 - a))) rounds to a within a few ulps; betas = 1 - ratio of alpha bars carry them.
+            torch.testing.assert_close(rebuilt.alpha_bars, schedule.alpha_bars, rtol=1e-13, atol=1e-15)
+            torch.testing.assert_close(rebuilt.betas, schedule.betas, rtol=1e-9, atol=1e-13)
+
+
 # Respacing -------------------------------------------------------------------------------------------
 
 
@@ -249,6 +263,17 @@ def test_spaced_timesteps_are_increasing_and_cover_the_chain():
         steps = schedule.spaced_timesteps(n)
         assert len(steps) == n and steps[-1] == schedule.T - 1 and (steps.diff() > 0).all()
         assert n == 1 or steps[0] == 0
+
+
+def test_spaced_timesteps_are_the_nearest_integers_to_an_even_spread():
+    """round(i (T - 1) / (k - 1)) in exact rational arithmetic; k - 1 odd makes every fraction j / (k - 1) at least
+    1 / (2 (k - 1)) away from a tie, so float64 rounding cannot flip one (T = 10^6: ulps of 1e-10)."""
+    from fractions import Fraction
+
+    for T, k in ((1000, 50), (1000, 8), (10**6, 334)):
+        schedule = NoiseSchedule.linear(T)
+        exact = [round(Fraction(i * (T - 1), k - 1)) for i in range(k)]
+        assert schedule.spaced_timesteps(k).tolist() == exact
 
 
 def test_respaced_betas_follow_the_definition():
@@ -441,9 +466,22 @@ def test_betas_must_be_a_non_empty_1d_sequence(betas, shape, mentions):
         NoiseSchedule(betas)
 
 
-def test_alpha_bars_must_decrease(mentions):
-    with pytest.raises(ValueError, match=mentions("alpha_bars", "0.95")):
-        NoiseSchedule.from_alpha_bars([0.9, 0.95, 0.5])
+@pytest.mark.parametrize(
+    "alpha_bars, offending",
+    [([0.9, 0.95, 0.5], "alpha_bars[1] = 0.95"), ([0.9, 0.9, 0.5], "alpha_bars[1] = 0.9"),
+     ([0.9, 0.0], "alpha_bars[1] = 0.0"), ([1.0, 0.5], "alpha_bars[0] = 1.0")],
+)  # fmt: skip
+def test_alpha_bars_must_decrease_strictly_inside_0_1(alpha_bars, offending, mentions):
+    """Each of these would give a beta of 0 or at least 1; the error names alpha_bars and the offending entry, not
+    the beta it would have become."""
+    with pytest.raises(ValueError, match=mentions("alpha_bars must decrease strictly", offending)):
+        NoiseSchedule.from_alpha_bars(alpha_bars)
+
+
+@pytest.mark.parametrize("alpha_bars, shape", [([], "(0,)"), (torch.full((2, 3), 0.5), "(2, 3)")])
+def test_alpha_bars_must_be_a_non_empty_1d_sequence(alpha_bars, shape, mentions):
+    with pytest.raises(ValueError, match=mentions("alpha_bars", "1-D", shape)):
+        NoiseSchedule.from_alpha_bars(alpha_bars)
 
 
 X = torch.zeros(4, 2, dtype=torch.float64)
