@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -917,3 +918,24 @@ def test_data_loader_batches_are_the_in_memory_batches():
     from_loader = train_module._batches(dataset, None, process, config, start_step=5)
     for (x, y), (x_loaded, y_loaded) in itertools.islice(zip(from_memory, from_loader, strict=False), 4):
         assert torch.equal(x, x_loaded) and torch.equal(y, y_loaded)
+
+
+def test_a_resumed_run_adds_its_time_to_that_of_the_earlier_sessions(tmp_path, monkeypatch, config):
+    """The checkpoint's seconds are the training time of every session so far: a resumed run reports them plus its
+    own, in its summary and in the history it logs after resuming. The earlier session is made to look 1000 s
+    long, far more than six tiny steps take."""
+    out = tmp_path / "run"
+    train(config(out, time_budget=0))
+    original = train_module._resume
+
+    def resumed_after_a_long_session(*args):
+        step, seconds, log = original(*args)
+        return step, seconds + 1000.0, log
+
+    monkeypatch.setattr(train_module, "_resume", resumed_after_a_long_session)
+    started = time.perf_counter()
+    summary = train(config(out, log_every=2))
+    elapsed = time.perf_counter() - started
+    assert summary["complete"] and 1000.0 < summary["seconds"] < 1000.0 + elapsed
+    history = json.loads((out / "history.json").read_text())
+    assert [record["step"] for record in history] == [2, 4, 6] and all(r["seconds"] > 1000.0 for r in history)
