@@ -22,15 +22,18 @@ node_modules/.package-lock.json: package.json package-lock.json
 	$(NPM) ci --no-audit --no-fund
 	touch $@
 
+# Two workers on the two cores, each with one thread; then the tests that need both cores, alone.
 test: venv lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 -m "not alone and not browser"
+	$(BIN)/python -m pytest -m alone
 
 lint: venv
 	$(BIN)/ruff check diffusion_lib tests tools benchmarks book/_ext
 	$(BIN)/ruff format --check diffusion_lib tests tools benchmarks book/_ext
 
-# Incremental: only chapters whose code changed execute again; a change to diffusion_lib/,
-# artifacts/ or the requirements executes all of them (book/_ext/execution_key.py).
+# Incremental: a chapter executes again when its code changes, or a library module, an artifact or
+# a pinned requirement it ran on (book/_ext/execution_key.py); benchmarks/book_execution.py then
+# prints each chapter's execution time against the budget.
 book: venv
 	TQDM_DISABLE=1 $(BIN)/jupyter-book build book -W --keep-going
 	$(BIN)/python tools/check_site.py $(HTML)

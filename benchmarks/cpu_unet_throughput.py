@@ -1,12 +1,15 @@
-"""Image-steps per second of the stored MNIST U-Net on this CPU, for each way PyTorch offers to run it.
+"""Image-steps per second of the stored MNIST U-Net on this CPU, for each way PyTorch offers to run it, and for the
+inference plan that diffusion_lib.inference chooses here.
 
 Every variant is timed in the same run as the reference (float32, eager,
 under torch.no_grad) at the same batch size, and reported as a ratio to it,
 beside the largest difference of its output from the reference's on the
 same input, in units of bfloat16's relative rounding (2^-8) of the
-output's largest value.
+output's largest value. The first lines name the CPU's capability (AVX2,
+AVX512) and whether its oneDNN computes in bfloat16 natively, which decides
+the plan.
 
-    python benchmarks/cpu_unet_throughput.py [--threads 2] [--batches 16,64,256] [--seconds 20] [--only float32]
+    python benchmarks/cpu_unet_throughput.py [--threads 2] [--batches 16,64,256] [--seconds 20] [--only plan]
 """
 
 import argparse
@@ -17,6 +20,7 @@ import time
 import torch
 
 from diffusion_lib import artifacts
+from diffusion_lib.inference import cpu_has_native_bf16, inference_network, inference_plan
 
 BF16_ROUNDING = 2.0**-8
 
@@ -41,6 +45,18 @@ def variants(network):
             torch.bfloat16,
             torch.inference_mode,
         ),  # fmt: skip
+        f"plan: {inference_plan('cpu').describe()}": (
+            inference_network(network, "cpu"),
+            torch.contiguous_format,
+            None,
+            torch.inference_mode,
+        ),
+        f"plan, compile=True: {inference_plan('cpu', compile=True).describe()}": (
+            inference_network(network, "cpu", compile=True),
+            torch.contiguous_format,
+            None,
+            torch.inference_mode,
+        ),
     }
 
 
@@ -70,7 +86,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     network = artifacts.load("mnist-ddpm").model
-    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, native bfloat16: {cpu_has_native_bf16()}")  # fmt: skip
     for batch in [int(b) for b in args.batches.split(",")]:
         generator = torch.Generator().manual_seed(batch)
         x = torch.randn(batch, 1, 28, 28, generator=generator)
@@ -85,7 +102,7 @@ def main(argv=None):
             if reference_output is None:
                 reference_output, reference_rate = output, speed
             gap = (output - reference_output).abs().max().item() / (reference_output.abs().max().item() * BF16_ROUNDING)
-            print(f"batch {batch:3d}  {name:45s} {speed:8.1f} image-steps/s  {speed / reference_rate:5.2f}x  "
+            print(f"batch {batch:3d}  {name:60s} {speed:8.1f} image-steps/s  {speed / reference_rate:5.2f}x  "
                   f"max difference {gap:5.2f} bf16 roundings", flush=True)  # fmt: skip
 
 

@@ -23,13 +23,11 @@ import torch
 from safetensors.torch import load_file
 
 from . import checkpoints, store
-from .engine import build_unet
 from .experiments import EXPERIMENTS
-from .guidance import classifier_free
+from .inference import inference_network
 from .parameterization import as_eps_model
 from .sampling import sample
 from .schedules import NoiseSchedule
-from .train_config import TrainConfig
 
 
 def experiment(name):
@@ -77,7 +75,7 @@ class Artifact:
         """
         if self.schedule is None:
             raise ValueError(f"artifact {self.name!r} is not a diffusion model; it cannot sample")
-        model = self.model.to(device) if isinstance(self.model, torch.nn.Module) else self.model
+        model = inference_network(self.model, device)
         if guidance_scale is not None and labels is None:
             raise ValueError("guidance_scale needs labels: guidance steers towards a class")
         if guidance_scale is not None and self.meta.get("num_classes") is None:
@@ -85,6 +83,8 @@ class Artifact:
         if labels is not None:
             labels = torch.as_tensor(labels, device=device)
             if guidance_scale is not None:
+                from .guidance import classifier_free  # here, so that loading an artifact does not import it
+
                 model = classifier_free(model, labels, guidance_scale, null_label=self.meta.get("num_classes"))
             else:
                 conditional, model = model, lambda x, t: conditional(x, t, labels)
@@ -128,6 +128,9 @@ def load(name):
 
 def load_run(folder):
     """A training run folder's EMA network as an Artifact (status "run"), to sample from like a stored one."""
+    from .engine import build_unet  # here, so that loading a stored artifact does not import the engine
+    from .train_config import TrainConfig
+
     path = Path(folder)
     if not (path / "ema.safetensors").exists():
         raise FileNotFoundError(f"no training run in {path.resolve()}: it has no ema.safetensors (train it first)")

@@ -37,12 +37,6 @@ def build_unet(config, image_shape, num_classes=None):
     return UNet(image_channels=channels, image_size=size, num_classes=num_classes, **config.model_kwargs())
 
 
-def inference_network(model, device):
-    """A network (or any callable) as the samplers run it on a device: compiled by torch.compile, which here doubles
-    the CPU's image-steps per second at float32 precision (benchmarks/cpu_unet_throughput.py)."""
-    return torch.compile(model, dynamic=False)
-
-
 def warmup_cosine_learning_rate(lr, step, steps, warmup):
     """Linear warm-up from lr / warmup to lr over `warmup` steps, then a half-cosine decay to 0."""
     if step < warmup:

@@ -66,3 +66,18 @@ def per_class_measures(images, requested, judge, reference_images, reference_lab
         "variety": sum(metrics.mean_pairwise_distance(features[requested == k]) for k in classes) / len(classes),
         "copied_fraction": metrics.copied_fraction(images.flatten(1), train_images.flatten(1)),
     }
+
+
+def floor_and_reference_rows(labels, per_class, max_sets, generator):
+    """Rows of a labelled set (labels (n,)) for per-class measures read beside their floor: up to ``max_sets``
+    disjoint floor sets, each with ``per_class`` rows of every class, and the remaining rows as the reference.
+
+    Each class is shuffled first (by ``generator``), so that no set is taken from one end of the file (MNIST's test
+    set has other writers in its first half than in its second); at most half of the smallest class goes to floor
+    sets. Returns (list of floor row tensors, reference row tensor).
+    """
+    class_rows = [rows[torch.randperm(len(rows), generator=generator)] for rows in
+                  (torch.nonzero(labels == k)[:, 0] for k in labels.unique().tolist())]  # fmt: skip
+    sets = min(max_sets, min(len(rows) for rows in class_rows) // (2 * per_class))
+    floor = [torch.cat([rows[k * per_class : (k + 1) * per_class] for rows in class_rows]) for k in range(sets)]
+    return floor, torch.cat([rows[sets * per_class :] for rows in class_rows])

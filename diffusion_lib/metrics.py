@@ -219,3 +219,14 @@ def cosine_similarity(a, b):
     if a.dim() != 2 or a.shape != b.shape:
         raise ValueError(f"a and b must both have shape (n, d), got {tuple(a.shape)} and {tuple(b.shape)}")
     return torch.nn.functional.cosine_similarity(a, b.to(a.dtype), dim=1)
+
+
+def r_squared(estimate, reference):
+    """Per item of a batch: 1 - |reference - estimate|^2 / |reference - its mean|^2, how much of reference's
+    variation around its own mean the estimate explains (1: all of it; 0: no more than the mean does)."""
+    if estimate.shape != reference.shape:
+        raise ValueError(f"estimate and reference must have one shape, got {tuple(estimate.shape)} and "
+                         f"{tuple(reference.shape)}")  # fmt: skip
+    residual = (reference - estimate).flatten(1).pow(2).sum(1)
+    spread = (reference.flatten(1) - reference.flatten(1).mean(dim=1, keepdim=True)).pow(2).sum(1)
+    return 1 - residual / spread

@@ -12,6 +12,7 @@ import ast
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -85,6 +86,7 @@ def provenance(device, seconds):
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
         "cpu_made": device.type == "cpu",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_version": torch.__version__,
         "built": time.strftime("%Y-%m-%d"),
         "seconds": seconds,
@@ -128,3 +130,20 @@ def finish(folder, meta):
     partial.write_text(json.dumps(meta, indent=1) + "\n")
     os.replace(partial, folder / "meta.json")
     return meta
+
+
+def forget_other_runs(run, config):
+    """Clear what run/ holds from another config: the samples only if the training part ("train") is the same,
+    all of it otherwise."""
+    config = json.loads(json.dumps(config))
+    stamp = run / "experiment.json"
+    if stamp.exists():
+        before = json.loads(stamp.read_text())
+        if "train" in config and before.get("train") == config["train"]:
+            if before != config:
+                for chunk in run.glob("samples_*.safetensors"):
+                    chunk.unlink()
+        elif before != config:
+            shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(config))

@@ -17,6 +17,10 @@ import torch
 from diffusion_lib import data
 from diffusion_lib.schedules import NoiseSchedule
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of two workers on two cores: one thread each, and their subprocesses
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 # A U-Net of a few thousand parameters on 8 x 8 digits: a training step takes milliseconds on the CPU.
 TINY_TRAINING = dict(
     dataset="digits",

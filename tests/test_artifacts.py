@@ -10,6 +10,8 @@ import json
 import math
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -360,3 +362,23 @@ def test_a_rebuild_after_an_evaluation_change_draws_new_samples(rebuilt, monkeyp
     assert artifacts.status("mnist-ddpm") == ("ok", "cpu")
     assert json.loads((path / "metrics.json").read_text())["sampling_steps"] == 2
     assert not torch.equal(load_file(path / "samples.safetensors")["samples"], old)
+
+
+def test_restamping_records_the_current_sources_and_a_note_and_refuses_a_damaged_artifact(
+    in_built, tmp_path, monkeypatch
+):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import restamp_artifacts
+
+    copy = tmp_path / "artifacts"
+    shutil.copytree(in_built, copy, ignore=shutil.ignore_patterns("run"))
+    monkeypatch.setenv("DIFFUSION_ARTIFACTS", str(copy))
+    original = store.source_text
+    monkeypatch.setattr(store, "source_text", lambda entry: original(entry) + "\n# moved" * (entry == "metrics.py:fid"))
+    assert artifacts.status("mnist-ddpm")[0] == "stale: source changed in metrics.py:fid"
+    assert restamp_artifacts.restamp("mnist-ddpm", "fid moved, nothing recomputed") == ["metrics.py:fid"]
+    assert artifacts.status("mnist-ddpm")[0] == "ok"
+    assert store.read_meta(copy / "mnist-ddpm")["revisions"][-1].endswith(": fid moved, nothing recomputed")
+    (copy / "mnist-ddpm" / "metrics.json").write_text("{}")
+    with pytest.raises(SystemExit, match="damaged: metrics.json"):
+        restamp_artifacts.restamp("mnist-ddpm", "a damaged file is not a moved source")

@@ -231,6 +231,7 @@ def check_page(driver, base, name):
     return problems, facts
 
 
+@pytest.mark.browser
 def test_every_page_in_chromium(site, browser):
     base, failed_requests = site
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,10 @@
 """Each chapter's Colab install cell, run the way Colab runs it, against a local copy of the repository.
 
-For every chapter notebook (book/NN_*.ipynb) a fresh kernel starts in an empty working
-directory that stands for Colab's /content, with a stand-in ``google.colab`` module imported
-first (Colab imports the real one at start-up, which is what the install cell tests for). The
-install cell then runs unchanged except for one thing: an absolute /content path in it is
-moved to that working directory. Its network is replaced by local files:
+The chapters share a few install cells, word for word. Each distinct one runs once, in a
+fresh kernel in an empty working directory that stands for Colab's /content, with a stand-in
+``google.colab`` module imported first (Colab imports the real one at start-up, which is what
+the install cell tests for). The install cell runs unchanged except for one thing: an absolute
+/content path in it is moved to that working directory. Its network is replaced by local files:
 
 * GitHub: a temporary git configuration (GIT_CONFIG_GLOBAL) rewrites the repository's URL
   (from _config.yml) to a local git repository holding the working tree's library and
@@ -13,10 +13,12 @@ moved to that working directory. Its network is replaced by local files:
   dependencies (PIP_TARGET, PIP_NO_DEPS), so the virtual environment is not touched; the
   packages it names (the library, myst-nb) come from that local repository and PyPI.
 
-After the install cell the chapter's first code cell runs (its imports and set-up), the
-library must import from the freshly installed copy, not from this checkout, and every
-artifact the chapter loads must load from the folder the install cell points
-DIFFUSION_ARTIFACTS at. Executing the whole chapter is the book build's job.
+Then, for every chapter notebook (book/NN_*.ipynb), a fresh kernel with what its install
+cell left behind (the installed packages, the cloned artifacts, DIFFUSION_ARTIFACTS) runs the
+chapter's first code cell (its imports and set-up); the library must import from the freshly
+installed copy, not from this checkout, and every artifact the chapter loads must load from
+the folder the install cell points DIFFUSION_ARTIFACTS at. Executing the whole chapter is the
+book build's job.
 """
 
 import os
@@ -85,32 +87,57 @@ def first_cells(chapter: Path) -> tuple[str, str, list[str]]:
     return code[0], code[1], sorted(set(ARTIFACT_LOAD.findall("\n".join(code))))
 
 
+def execute(cells, cwd, env):
+    """Run the cells in a fresh kernel; fail with the first error a cell raised."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+    client = NotebookClient(notebook, kernel_name="python3", timeout=300, allow_errors=True)
+    client.execute(cwd=str(cwd), env=env)
+    for cell in notebook.cells:
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        assert not errors, f"{cell.source[:300]}\n" + "\n".join(
+            f"{e.ename}: {e.evalue}\n" + "\n".join(e.traceback[-3:]) for e in errors
+        )
+    return notebook
+
+
+@pytest.fixture(scope="module")
+def installed(remote, tmp_path_factory):
+    """Each distinct install cell of the chapters, run once as Colab runs it: {cell: (site-packages, /content,
+    the DIFFUSION_ARTIFACTS it set or None)}. The chapters share a few install cells, word for word."""
+    found = {}
+    for install in sorted({first_cells(chapter)[0] for chapter in CHAPTERS}):
+        assert URL in install, f"an install cell does not install from {URL}:\n{install}"
+        tmp_path = tmp_path_factory.mktemp("colab")
+        content, site = tmp_path / "content", tmp_path / "site-packages"
+        content.mkdir()
+        site.mkdir()  # present from the start, as Colab's site-packages is, so the kernel's import system watches it
+        report = tmp_path / "artifacts-folder.txt"
+        record = (
+            f"import os, pathlib\npathlib.Path({str(report)!r}).write_text(os.environ.get('DIFFUSION_ARTIFACTS', ''))"
+        )
+        env = colab_environment(tmp_path, remote)
+        execute(["import google.colab", install.replace("/content", str(content)), record], content, env)
+        assert (site / "diffusion_lib").is_dir() and (site / "myst_nb").is_dir()
+        found[install] = (site, content, env, report.read_text() or None)
+    return found
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda path: path.stem)
-def test_install_cell_works_in_colab(chapter, remote, tmp_path):
-    content = tmp_path / "content"
-    content.mkdir()
-    site = tmp_path / "site-packages"
-    site.mkdir()  # present from the start, as Colab's site-packages is, so the kernel's import system watches it
+def test_install_cell_works_in_colab(chapter, installed):
     install, setup, names = first_cells(chapter)
-    assert URL in install, f"{chapter.name}: the install cell does not install from {URL}"
+    site, content, env, folder = installed[install]
+    env = dict(env)
+    if folder:  # what the install cell set in its kernel, set here for the chapter's own kernel
+        env["DIFFUSION_ARTIFACTS"] = folder
     check = f"""
 import os, diffusion_lib
 from diffusion_lib import artifacts
 assert diffusion_lib.__file__.startswith({str(site)!r}), diffusion_lib.__file__
 names = {names!r}
 if names:
-    folder = os.environ["DIFFUSION_ARTIFACTS"]
+    folder = os.environ.get("DIFFUSION_ARTIFACTS", "")
     assert os.path.isdir(folder) and folder.startswith({str(content)!r}), folder
 for name in names:
     artifacts.load(name)
 """
-    cells = ["import google.colab", install.replace("/content", str(content)), setup, check]
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
-    client = NotebookClient(notebook, kernel_name="python3", timeout=300, allow_errors=True)
-    client.execute(cwd=str(content), env=colab_environment(tmp_path, remote))
-    for cell in notebook.cells:
-        errors = [o for o in cell.outputs if o.output_type == "error"]
-        assert not errors, f"{chapter.name}:\n{cell.source[:300]}\n" + "\n".join(
-            f"{e.ename}: {e.evalue}\n" + "\n".join(e.traceback[-3:]) for e in errors
-        )
-    assert (site / "diffusion_lib").is_dir() and (site / "myst_nb").is_dir()
+    execute(["import google.colab", setup, check], content, env)

@@ -400,6 +400,7 @@ def test_resume_logs_the_same_losses_when_checkpoints_fall_inside_a_log_window(t
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+@pytest.mark.alone
 def test_ddp_with_two_processes_matches_one_process(tmp_path):
     options = {
         "dataset": "digits",

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from diffusion_lib import metrics
-from diffusion_lib.evaluation import evaluate_samples, per_class_measures
+from diffusion_lib.evaluation import evaluate_samples, floor_and_reference_rows, per_class_measures
 from diffusion_lib.models.classifier import Classifier
 
 
@@ -120,3 +120,19 @@ def test_per_class_measures_match_loops_over_images_and_classes():
     ]  # 8 images per class, 56 ordered pairs
     assert found["variety"] == pytest.approx(sum(spreads) / 3, rel=1e-12)
     assert found["copied_fraction"] == 6 / 24  # the first six images are training images: ratio 0
+
+
+def test_floor_and_reference_rows_split_every_class_without_overlap():
+    labels = torch.tensor([0] * 9 + [1] * 12 + [2] * 7)
+    floor, reference = floor_and_reference_rows(
+        labels, per_class=1, max_sets=5, generator=torch.Generator().manual_seed(0)
+    )
+    assert len(floor) == 3  # at most half of the smallest class (7 rows) goes to sets of 1 per class
+    for rows in floor:
+        assert sorted(labels[rows].tolist()) == [0, 1, 2]
+    every = torch.cat([*floor, reference])
+    assert sorted(every.tolist()) == list(range(len(labels)))  # disjoint, and nothing left out
+    capped, _ = floor_and_reference_rows(labels, per_class=1, max_sets=2, generator=torch.Generator().manual_seed(0))
+    assert len(capped) == 2
+    shuffled, _ = floor_and_reference_rows(labels, per_class=2, max_sets=1, generator=torch.Generator().manual_seed(1))
+    assert shuffled[0][:2].tolist() != [0, 1]  # not the first rows of the class in file order (for this seed)

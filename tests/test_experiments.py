@@ -10,8 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 import diffusion_lib.artifacts as artifacts
-from diffusion_lib.experiments import samplers
+from diffusion_lib import data, metrics, optimal
+from diffusion_lib.evaluation import floor_and_reference_rows, per_class_measures
+from diffusion_lib.experiments import guidance_sweep, patch_machine, samplers
 from diffusion_lib.guidance import classifier_free
+from diffusion_lib.inference import inference_network
 from diffusion_lib.sampling import sample
 
 TINY_TRAIN = dict(
@@ -22,6 +25,8 @@ TINY_TRAIN = dict(
 def tiny(real):
     classifier, ddpm, table = real["mnist-classifier"], real["mnist-ddpm"], real["mnist-samplers"]
     cfg, noisy, sweep = real["mnist-cfg"], real["mnist-noisy-classifier"], real["mnist-guidance"]
+    features, measures = real["mnist-judge-features"], real["mnist-guidance-measures"]
+    machine, roll = real["mnist-patch-machine"], real["roll-ddpm"]
     cfg_train = {kind: {**recipe, **TINY_TRAIN} for kind, recipe in cfg.config["train"].items()}
     cfg_train["cuda"]["channels"] = 16  # tells the recipes apart
     evaluation = {**ddpm.config["evaluation"], "num_samples": 8, "batch_size": 4, "sampling_steps": 3}
@@ -49,6 +54,22 @@ def tiny(real):
                 "sampling_steps": 3,
             },
         ),  # fmt: skip
+        features.name: dataclasses.replace(features, config={**features.config, "train_images": 20}),
+        roll.name: dataclasses.replace(roll, config={**roll.config, "points": 64, "steps": 5, "width": 8}),
+        measures.name: dataclasses.replace(
+            measures, config={**measures.config, "accuracy": {"steps": [0, 9], "seed": 1}}
+        ),
+        machine.name: dataclasses.replace(
+            machine,
+            config={
+                **machine.config,
+                "patch_images": 6,
+                "candidates": [3, 5],
+                "calibration_images": 2,
+                "sampling_steps": 4,
+                "samples": 2,
+            },
+        ),  # fmt: skip
     }
 
 
@@ -58,7 +79,8 @@ def tiny_folder(tmp_path, monkeypatch, small_mnist_root):
     monkeypatch.setenv("DIFFUSION_DATA", str(small_mnist_root))
     monkeypatch.setenv("DIFFUSION_ARTIFACTS", str(tmp_path))
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    monkeypatch.setattr(samplers, "inference_network", lambda model, device: model)  # compiling costs a minute
+    for builder in (samplers, guidance_sweep):  # compiling costs a minute; inference.py has its own tests
+        monkeypatch.setattr(builder, "inference_network", lambda model, device, compile=False, bfloat16=True: model)
     return tmp_path
 
 
@@ -123,7 +145,7 @@ def test_the_conditional_model_builds_with_the_recipe_of_its_device_and_takes_la
     assert cfg.sample(2, steps=3, labels=[3, 4]).shape == (2, 1, 28, 28)
     # guided sampling is the sampler run on the classifier-free guided model
     guided = cfg.sample(2, sampler="ddim", steps=3, labels=[3, 4], guidance_scale=2.0, seed=5)
-    model = classifier_free(cfg.model, torch.tensor([3, 4]), 2.0)
+    model = classifier_free(inference_network(cfg.model, "cpu"), torch.tensor([3, 4]), 2.0)
     x = sample(model, cfg.schedule, (2, 1, 28, 28), sampler="ddim", num_steps=3,
                generator=torch.Generator().manual_seed(5))  # fmt: skip
     torch.testing.assert_close(guided, x.clamp(-1, 1))
@@ -173,3 +195,85 @@ def test_the_guidance_sweep_draws_every_setting_from_the_same_noises_and_resumes
     # the same noises for every setting: an interval of noise levels that no step reaches leaves the conditional
     # model (classifier-free guidance at scale 1), image for image
     assert torch.equal(stored["interval-3"], stored["free-1"])
+
+
+def test_the_judge_features_are_those_of_the_judge(tiny_folder):
+    assert artifacts.build("mnist-judge-features", "cpu") is True
+    stored = artifacts.load("mnist-judge-features").tensors("features.safetensors")
+    judge = artifacts.load("mnist-classifier").model
+    sets = {
+        "test": data.mnist_images(train=False)[0],
+        "train": data.mnist_images(train=True)[0][:20],
+        "mnist-ddpm": data.from_bytes(artifacts.load("mnist-ddpm").tensors("samples.safetensors")["samples"]),
+    }
+    for name, images in sets.items():
+        features, probabilities = metrics.classify(judge, images)
+        assert (
+            stored[f"{name}/features"].dtype == torch.float16 and stored[f"{name}/probabilities"].dtype == torch.float32
+        )
+        # float16 keeps 11 significant bits: relative rounding at most 2^-11, and below 2^-14 (its subnormals) an
+        # absolute rounding of at most half their spacing, 2^-25
+        torch.testing.assert_close(stored[f"{name}/features"].float(), features, rtol=2**-11, atol=2**-25)
+        torch.testing.assert_close(stored[f"{name}/probabilities"], probabilities, rtol=0, atol=0)
+
+
+def test_the_guidance_measures_are_those_of_the_sweep_against_the_same_reference(tiny_folder, monkeypatch):
+    sweep = artifacts.EXPERIMENTS["mnist-guidance"]
+    four_per_digit = {**sweep.config, "per_class": {"cuda": 4, "cpu": 4}}  # KID needs three images of a digit
+    monkeypatch.setitem(artifacts.EXPERIMENTS, sweep.name, dataclasses.replace(sweep, config=four_per_digit))
+    assert artifacts.build("mnist-guidance-measures", "cpu") is True
+    found = artifacts.load("mnist-guidance-measures").metrics
+    sweep = artifacts.load("mnist-guidance")
+    assert found["accuracy"]["steps"] == [0, 9] and found["images_per_class"] == 4
+    assert all(len(found["accuracy"][name]) == 2 for name in ("noise-conditional classifier", "judge"))
+    assert list(found["settings"]) == list(sweep.metrics["settings"])
+    test_images, test_labels = data.mnist_images(train=False)
+    floor_rows, reference_rows = floor_and_reference_rows(test_labels, 4, 5, torch.Generator().manual_seed(3))
+    assert len(found["floors"]) == len(floor_rows)
+    stored = sweep.tensors("samples.safetensors")
+    again = per_class_measures(data.from_bytes(stored["free-3"]), stored["labels"],
+                               artifacts.load("mnist-classifier").model, test_images[reference_rows],
+                               test_labels[reference_rows], data.mnist_images(train=True)[0])  # fmt: skip
+    assert again == found["settings"]["free-3"]
+
+
+def test_the_patch_machine_is_calibrated_and_samples_from_the_stored_noise(tiny_folder):
+    assert artifacts.build("mnist-patch-machine", "cpu") is True
+    stored = artifacts.load("mnist-patch-machine")
+    results, found, config = stored.tensors("results.safetensors"), stored.metrics, stored.meta["config"]
+    ddpm = artifacts.load("mnist-ddpm")
+    assert results["agreement"].shape == (2, 2) and results["calibrated_steps"].tolist() == [0, 6]
+    assert results["machine"].shape == results["network"].shape == results["optimal"].shape == (2, 1, 28, 28)
+    sizes, last = patch_machine.patch_sizes_to_use(results["agreement"], [3, 5])
+    assert found["sizes_used"] == sizes and found["last_agreeing"] == last
+    # one calibration step recomputed alone gives the stored agreement
+    clean = data.mnist_images(train=False)[0][:2]
+    noise = patch_machine.calibration_noise(config, 1, clean.shape)
+    machine = {5: optimal.PatchDenoiser(data.mnist_images(train=True)[0][:6], ddpm.schedule, 5, border=-1.0)}
+    again = patch_machine.agreement_at(6, noise, clean, ddpm.model, machine)
+    assert again[5] == pytest.approx(results["agreement"][1, 1].item(), rel=1e-6)
+    network = sample(ddpm.model, ddpm.schedule, (2, 1, 28, 28), sampler="ddim", num_steps=4, x_T=results["x_T"])
+    torch.testing.assert_close(results["network"], network)
+
+
+def test_the_patch_size_rule_keeps_the_best_size_while_one_explains_half_then_the_largest():
+    agreement = torch.tensor([[0.9, 0.8, 0.1], [0.4, 0.7, 0.6], [0.1, 0.3, 0.45], [0.2, 0.6, 0.1]])
+    # steps 0, 1 and 3 reach 0.5; step 2 does not, but a noisier one does: every step up to the noisiest that does
+    # keeps its best size
+    assert patch_machine.patch_sizes_to_use(agreement, [3, 7, 11]) == ([3, 7, 11, 7], 3)
+    assert patch_machine.patch_sizes_to_use(agreement[:3], [3, 7, 11]) == ([3, 7, 11], 1)
+
+
+def test_the_toy_ddpms_train_one_network_per_schedule_reproducibly(tiny_folder):
+    assert artifacts.build("roll-ddpm", "cpu") is True
+    stored = artifacts.load("roll-ddpm")
+    assert stored.status == "ok" and list(stored.model) == ["linear", "cosine"]
+    losses = stored.history()
+    assert [len(losses[name]) for name in ("linear", "cosine")] == [5, 5]
+    assert stored.model["linear"](torch.zeros(3, 2), torch.tensor([0, 1, 2])).shape == (3, 2)
+    first = {k: v.clone() for k, v in stored.model.state_dict().items()}
+    (tiny_folder / "roll-ddpm" / "meta.json").unlink()
+    assert artifacts.build("roll-ddpm", "cpu") is True
+    again = artifacts.load("roll-ddpm")
+    assert all(torch.equal(first[k], v) for k, v in again.model.state_dict().items())
+    assert again.history() == losses

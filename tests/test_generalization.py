@@ -2,9 +2,17 @@
 the shapes of what it returns, seeded reproducibility, resuming from saved models and the time budget."""
 
 import torch
+from safetensors.torch import load_file
 
-from diffusion_lib import NoiseSchedule
-from diffusion_lib.experiments.generalization import disjoint_halves, mean_denoising_loss, sweep_sizes
+from diffusion_lib import NoiseSchedule, data
+from diffusion_lib.experiments import Experiment
+from diffusion_lib.experiments.generalization import (
+    build_generalization,
+    disjoint_halves,
+    mean_denoising_loss,
+    sweep_data,
+    sweep_sizes,
+)
 
 CONFIG = {"seed": 0, "sizes": [2, 5], "width": 16, "depth": 1, "steps": 20, "batch_size": 8, "lr": 1e-3,
           "samples": 7, "sampling_steps": 4, "loss_draws": 64}  # fmt: skip
@@ -57,3 +65,16 @@ def test_mean_denoising_loss_of_a_zero_predictor_is_the_mean_squared_noise():
     loss = mean_denoising_loss(zero, schedule, points, draws, seed=5)
     # eps^2 has variance 2 per coordinate; the mean over 2 * draws coordinates has standard deviation 1 / sqrt(draws)
     assert abs(loss - 1) < 5 / draws**0.5
+
+
+def test_a_toy_sweep_draws_its_points_from_its_seed_and_stores_them(tmp_path):
+    config = {**CONFIG, "dataset": "swiss_roll", "points": 30, "test_points": 5, "schedule": "linear", "T": 50}
+    experiment = Experiment("roll", "", config, build_generalization, None, ())
+    assert build_generalization(experiment, tmp_path, "cpu", None, {})["models"] == 4
+    stored = load_file(tmp_path / "sweep.safetensors")
+    generator = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(stored["points"], data.toy_data("swiss_roll", 30, generator), rtol=0, atol=0)
+    torch.testing.assert_close(stored["test"], data.toy_data("swiss_roll", 5, generator), rtol=0, atol=0)
+    assert stored["samples"].shape == (2, 2, 7, 2)
+    digits = {**config, "dataset": "digits"}
+    assert [len(part) for part in sweep_data(digits)] == [1500, 297]

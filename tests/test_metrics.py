@@ -37,6 +37,7 @@ from diffusion_lib.metrics import (
     nearest_neighbours,
     polynomial_kernel,
     precision_recall,
+    r_squared,
     sliced_wasserstein,
 )
 
@@ -633,3 +634,19 @@ def test_cosine_similarity_matches_a_loop_and_refuses_bad_shapes():
     torch.testing.assert_close(cosine_similarity(a, 3 * a), torch.ones(6, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"a and b must both have shape \(n, d\)"):
         cosine_similarity(a, b[:5])
+
+
+def test_r_squared_is_one_minus_the_residual_over_the_spread_per_item():
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(3, 1, 4, 4, generator=generator, dtype=torch.float64)
+    estimate = reference + 0.3 * torch.randn(3, 1, 4, 4, generator=generator, dtype=torch.float64)
+    by_loop = []
+    for r, e in zip(reference.flatten(1).tolist(), estimate.flatten(1).tolist(), strict=True):
+        mean = sum(r) / len(r)
+        by_loop.append(1 - sum((a - b) ** 2 for a, b in zip(r, e, strict=True)) / sum((a - mean) ** 2 for a in r))
+    torch.testing.assert_close(r_squared(estimate, reference), torch.tensor(by_loop, dtype=torch.float64))
+    assert torch.equal(r_squared(reference, reference), torch.ones(3, dtype=torch.float64))
+    means = reference.flatten(1).mean(1).reshape(3, 1, 1, 1).expand_as(reference)
+    torch.testing.assert_close(r_squared(means, reference), torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="one shape"):
+        r_squared(estimate[:2], reference)

@@ -5,6 +5,7 @@ pages, and the extensions' functions run on temporary folders.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -221,68 +222,101 @@ def test_missing_or_drifted_mathjax_is_an_error(tmp_path):
         local_mathjax.check_version(mathjax)
 
 
-# --- re-execution when the library, artifacts or requirements change --------------------------------------
+# --- re-execution when what a chapter ran on changes ---------------------------------------------------------
 
 
 def _repository(root: Path) -> Path:
-    (root / "diffusion_lib" / "__pycache__").mkdir(parents=True)
-    (root / "diffusion_lib" / "schedules.py").write_text("BETA = 0.1\n")
-    (root / "diffusion_lib" / "__pycache__" / "schedules.cpython-311.pyc").write_bytes(b"\0")
+    """A repository with a library of three modules, one artifact (with training progress) and two chapters."""
+    library = root / "diffusion_lib"
+    (library / "__pycache__").mkdir(parents=True)
+    for module in ("__init__", "schedules", "guidance"):
+        (library / f"{module}.py").write_text(f"NAME = {module!r}\n")
+    (library / "__pycache__" / "schedules.cpython-311.pyc").write_bytes(b"\0")
     (root / "artifacts" / "model" / "run").mkdir(parents=True)
     (root / "artifacts" / "model" / "weights.safetensors").write_bytes(b"weights")
     (root / "artifacts" / "model" / "run" / "checkpoint.safetensors").write_bytes(b"progress")
+    (root / "artifacts" / "other").mkdir()
+    (root / "artifacts" / "other" / "weights.safetensors").write_bytes(b"other")
     (root / "requirements.txt").write_text("torch==2.14.1\n")
     (root / "book").mkdir()
-    (root / "book" / "01_chapter.md").write_text("# Chapter\n")
+    for name, load in (("01_chapter", 'artifacts.load("model")'), ("02_chapter", "")):
+        (root / "book" / f"{name}.md").write_text(f"# Chapter\n\n```{{code-cell}} ipython3\n{load}\n```\n")
     return root
+
+
+KEY_INPUTS = (["diffusion_lib", "diffusion_lib.schedules"], ["model"])
 
 
 @pytest.mark.parametrize(
     ("path", "content"),
     [
         ("diffusion_lib/schedules.py", "BETA = 0.2\n"),
-        ("diffusion_lib/new_module.py", "X = 1\n"),
+        ("diffusion_lib/__init__.py", "from . import schedules\n"),
         ("artifacts/model/weights.safetensors", b"retrained"),
-        ("artifacts/other/meta.json", "{}"),
+        ("artifacts/model/metrics.json", "{}"),
         ("requirements.txt", "torch==2.14.2\n"),
     ],
 )
-def test_key_changes_with_library_artifacts_and_requirements(tmp_path, path, content):
+def test_key_changes_with_the_modules_artifacts_and_requirements_a_chapter_ran_on(tmp_path, path, content):
     root = _repository(tmp_path)
-    before = execution_key.execution_key(root)
+    before = execution_key.chapter_key(root, *KEY_INPUTS)
     target = root / path
-    target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(content) if isinstance(content, bytes) else target.write_text(content)
-    assert execution_key.execution_key(root) != before
+    assert execution_key.chapter_key(root, *KEY_INPUTS) != before
 
 
 @pytest.mark.parametrize(
     "path",
     [
+        "diffusion_lib/guidance.py",  # not imported by this chapter
+        "diffusion_lib/new_module.py",
         "diffusion_lib/__pycache__/schedules.cpython-311.pyc",
-        "artifacts/model/run/checkpoint.safetensors",
-        "book/01_chapter.md",
+        "artifacts/model/run/checkpoint.safetensors",  # training progress, never loaded
+        "artifacts/other/weights.safetensors",  # not loaded by this chapter
+        "book/01_chapter.md",  # the chapter's own code: jupyter-cache's business
     ],
 )
-def test_key_ignores_bytecode_training_progress_and_chapters(tmp_path, path):
+def test_key_ignores_what_the_chapter_did_not_run_on(tmp_path, path):
     root = _repository(tmp_path)
-    before = execution_key.execution_key(root)
+    before = execution_key.chapter_key(root, *KEY_INPUTS)
     (root / path).write_bytes(b"changed")
-    assert execution_key.execution_key(root) == before
+    assert execution_key.chapter_key(root, *KEY_INPUTS) == before
 
 
-def test_cache_is_cleared_exactly_when_the_key_changes(tmp_path):
-    root = _repository(tmp_path / "repo")
-    build, cache = tmp_path / "_build", tmp_path / "_build" / ".jupyter_cache"
-    cache.mkdir(parents=True)
-    key = execution_key.execution_key(root)
-    assert execution_key.clear_if_changed(build, cache, key), "no key recorded (a fresh clone): execute everything"
-    assert not cache.exists()
-    cache.mkdir()
-    execution_key.record_key(build, key)
-    assert not execution_key.clear_if_changed(build, cache, key) and cache.exists()
-    (root / "diffusion_lib" / "schedules.py").write_text("BETA = 0.3\n")
-    assert execution_key.clear_if_changed(build, cache, execution_key.execution_key(root)) and not cache.exists()
+def test_loaded_artifacts_are_read_from_the_code():
+    code = "a = artifacts.load(\"mnist-ddpm\")\nb = artifacts.load( 'mnist-classifier' ).model\n"
+    code += 'artifacts.load("mnist-ddpm")'
+    assert execution_key.loaded_artifacts(code) == ["mnist-classifier", "mnist-ddpm"]
+    assert execution_key.module_file(Path("/r"), "diffusion_lib.models.unet") == Path("/r/diffusion_lib/models/unet.py")
+
+
+def test_every_chapter_loads_artifacts_by_literal_name():
+    """The key finds a chapter's artifacts in its text, so a chapter must name each one it loads."""
+    for chapter in sorted((ROOT / "book").glob("[0-9][0-9]_*.md")):
+        calls = chapter.read_text().count("artifacts.load(")
+        assert calls == len(execution_key.ARTIFACT_LOAD.findall(chapter.read_text())), chapter.name
+
+
+def test_the_recorder_writes_the_library_modules_a_kernel_imported_and_leaves_no_name(tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    imports = tmp_path / "imports" / "01_chapter.json"
+    monkeypatch.setenv("IPYTHONDIR", str(execution_key.install_recorder(tmp_path / "_build")))
+    monkeypatch.setenv(execution_key.IMPORTS_VARIABLE, str(imports))
+    cells = ["import diffusion_lib.schedules", 'assert not {"json", "Path", "_install_import_recorder"} & set(dir())']
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+    NotebookClient(notebook, kernel_name="python3", timeout=120).execute(cwd=str(tmp_path))
+    modules = json.loads(imports.read_text())["modules"]
+    assert {"diffusion_lib", "diffusion_lib.schedules"} <= set(modules) and "diffusion_lib.artifacts" not in modules
+
+
+class _Env:
+    def __init__(self, root: Path):
+        self.root, self.found_docs, self.docname = root, {"01_chapter", "02_chapter", "references"}, None
+
+    def doc2path(self, docname):
+        return str(self.root / "book" / f"{docname}.md")
 
 
 class _App:
@@ -295,31 +329,65 @@ class _App:
         self.srcdir = root / "book"
         self.outdir = root / "book" / "_build" / "html"
         self.config = {"nb_execution_cache_path": ""}
+        self.env = _Env(root)
 
 
-class _Env:
-    found_docs = {"01_chapter", "02_chapter"}
+def _cache_chapters(app):
+    """Put an execution of each chapter into the build's jupyter-cache, as myst-nb does; returns the cache."""
+    import nbformat
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    cache = get_cache(str(Path(app.outdir).parent / ".jupyter_cache"))
+    for docname in ("01_chapter", "02_chapter"):
+        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"x = {docname!r}")])
+        cache.cache_notebook_bundle(
+            CacheBundleIn(notebook, app.env.doc2path(docname)), check_validity=False, overwrite=True
+        )
+    return cache
 
 
-def test_build_events_re_read_every_chapter_after_a_change_or_a_warning(tmp_path):
+def _read(app, docname, modules):
+    """What a build does while reading a chapter: the kernel records its imports, the chapter's key is recorded."""
+    execution_key.before_reading(app, docname, [""])
+    path = Path(os.environ[execution_key.IMPORTS_VARIABLE])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"modules": modules}))
+    app.env.docname = docname
+    execution_key.after_reading(app, None)
+
+
+def test_only_the_chapters_whose_key_changed_execute_again(tmp_path, monkeypatch):
+    monkeypatch.delenv(execution_key.IMPORTS_VARIABLE, raising=False)
+    monkeypatch.delenv("IPYTHONDIR", raising=False)
     root = _repository(tmp_path)
+    (root / "book" / "references.md").write_text("# References\n")
     app = _App(root)
-    cache = root / "book" / "_build" / ".jupyter_cache"
-    cache.mkdir(parents=True)
-    execution_key.check_key(app)  # fresh: no key recorded
-    assert not cache.exists() and execution_key.outdated_docs(app, _Env, set(), set(), set()) == sorted(_Env.found_docs)
+    cache = _cache_chapters(app)
+    execution_key.check_keys(app)  # a fresh build: no key recorded, both chapters execute
+    assert execution_key.outdated_docs(app, app.env, set(), set(), set()) == sorted(app.env.found_docs)
+    assert cache.list_cache_records() == []
+    cache = _cache_chapters(app)
+    _read(app, "01_chapter", ["diffusion_lib", "diffusion_lib.schedules"])
+    _read(app, "02_chapter", ["diffusion_lib", "diffusion_lib.guidance"])
     app._warncount = 0
-    execution_key.record(app, None)
-    execution_key.check_key(app)  # nothing changed since a clean build: Sphinx's own bookkeeping decides
-    assert execution_key.outdated_docs(app, _Env, set(), set(), set()) == []
-    app._warncount = 2
-    execution_key.record(app, None)
-    cache.mkdir()
-    execution_key.check_key(app)  # the last build warned: read all again, from the cache
-    assert cache.exists() and execution_key.outdated_docs(app, _Env, set(), set(), set()) == sorted(_Env.found_docs)
-    (root / "artifacts" / "model" / "weights.safetensors").write_bytes(b"retrained")
-    execution_key.check_key(app)
-    assert not cache.exists() and execution_key.outdated_docs(app, _Env, set(), set(), set()) == sorted(_Env.found_docs)
+    execution_key.record_clean(app, None)
+
+    execution_key.check_keys(app)  # nothing changed since a clean build
+    assert execution_key.outdated_docs(app, app.env, set(), set(), set()) == []
+    execution_key.record_clean(app, None)
+    (root / "diffusion_lib" / "guidance.py").write_text("SCALE = 3\n")
+    execution_key.check_keys(app)
+    assert execution_key.outdated_docs(app, app.env, set(), set(), set()) == ["02_chapter"]
+    assert [Path(r.uri).stem for r in cache.list_cache_records()] == ["01_chapter"]
+    _cache_chapters(app)
+    _read(app, "02_chapter", ["diffusion_lib", "diffusion_lib.guidance"])
+    (root / "artifacts" / "model" / "weights.safetensors").write_bytes(b"retrained")  # loaded by 01 only
+    app._warncount = 2  # and the last build warned: read every chapter again, execute only the changed one
+    execution_key.record_clean(app, None)
+    execution_key.check_keys(app)
+    assert execution_key.outdated_docs(app, app.env, set(), set(), set()) == sorted(app.env.found_docs)
+    assert [Path(r.uri).stem for r in cache.list_cache_records()] == ["02_chapter"]
 
 
 def test_execution_is_cached_and_strict():

@@ -57,14 +57,17 @@ def test_builds_every_push_and_pull_request_as_ci_does():
         assert command in ci
 
 
-def test_caches_are_keyed_on_requirements_library_and_artifacts():
+def test_the_environment_cache_follows_the_requirements_and_the_execution_cache_keeps_its_keys():
+    """The executed chapters are restored from the latest run whatever changed: the per-chapter keys that travel
+    with them (book/_ext/execution_key.py) decide which chapters execute again."""
     steps = load(WORKFLOW)["jobs"]["build"]["steps"]
     caches = [step for step in steps if step.get("uses", "").startswith("actions/cache@")]
-    paths = {step["with"]["path"].strip(): step["with"]["key"] for step in caches}
-    assert ".venv" in paths and "requirements.txt" in paths[".venv"]
-    executed = next(key for path, key in paths.items() if ".jupyter_cache" in path)
-    for part in ("requirements.txt", "diffusion_lib/**", "artifacts/**"):
-        assert part in executed, f"the execution cache's key ignores {part}"
+    paths = {step["with"]["path"].strip(): step["with"] for step in caches}
+    assert ".venv" in paths and "requirements.txt" in paths[".venv"]["key"]
+    executed_path = next(path for path in paths if ".jupyter_cache" in path)
+    for kept in (".execution-keys.json", ".execution-imports"):
+        assert f"book/_build/{kept}" in executed_path, f"the execution cache leaves out {kept}"
+    assert paths[executed_path]["restore-keys"] == "chapters-"
 
 
 def test_deploys_the_site_to_github_pages_from_main():

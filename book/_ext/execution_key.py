@@ -1,16 +1,25 @@
-"""Re-execute every chapter when the code or data the chapters run on changes.
+"""Execute a chapter again exactly when something it runs on has changed.
 
 The book executes its chapters through jupyter-cache (``execute_notebooks:
-cache``), which re-executes a chapter only when that chapter's code cells
-change, and Sphinx re-reads only the chapters whose source changed. Neither
-notices a change to the library, to the stored artifacts or to the pinned
-requirements, all of which change what a cell prints.
+cache``), which executes a chapter again when its code cells change, and
+Sphinx reads again only the chapters whose source changed. Neither notices a
+change to the library, to a stored artifact or to the pinned requirements,
+all of which change what a cell prints.
 
-So the build keeps, beside its outputs, a key: a hash of the files in
-``KEY_SOURCES``. When the key differs from the one recorded by the last
-successful build (or none was recorded, as in a fresh clone), the execution
-cache is deleted and every chapter is read, and so executed, again. The new key
-is recorded when the build finishes without an exception.
+So each chapter has a key: a hash of what it ran on when it last executed,
+
+* the library modules its kernel had imported (recorded after every cell by
+  ``record_imports.py``, which the build installs as an IPython start-up
+  file of the kernels it starts),
+* the files of every artifact its code loads (``artifacts.load("name")``),
+* ``requirements.txt``.
+
+When a chapter's key differs from the one recorded when it was last read,
+its cached execution is deleted and the chapter is read, and so executed,
+again; the other chapters keep theirs. A chapter with no recorded key (a
+fresh clone) executes. A change to ``guidance.py`` thus executes the
+chapters that imported it, and a change to one artifact the chapters that
+load it.
 
 A build that warned (and so failed under ``-W``) leaves no ``.clean-<builder>``
 mark, and the next build with that builder reads every chapter again (from the
@@ -19,6 +28,9 @@ until it is fixed instead of hiding behind Sphinx's incremental reading.
 """
 
 import hashlib
+import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -26,63 +38,104 @@ from sphinx.application import Sphinx
 from sphinx.util import logging
 
 LOGGER = logging.getLogger(__name__)
-KEY_FILE = ".execution-key"
+KEYS_FILE = ".execution-keys.json"
+IMPORTS_FOLDER = ".execution-imports"
 CLEAN_MARK = ".clean-{builder}"
-# What every chapter's output depends on, relative to the repository root: the pinned build
-# (requirements.txt; the test tools of requirements-dev.txt and pyproject's loose ranges do not
-# change what a cell prints), the library and the stored artifacts.
-KEY_SOURCES = ("requirements.txt", "diffusion_lib", "artifacts")
-# Never part of the key: byte-code, and an artifact's in-progress training folder (git-ignored, never loaded).
-IGNORED_PARTS = ("__pycache__", ".ipynb_checkpoints")
+PACKAGE = "diffusion_lib"
+# The pinned build (the test tools of requirements-dev.txt and pyproject's ranges do not change what a cell prints).
+REQUIREMENTS = "requirements.txt"
+# The kernels' IPython start-up file, and the variable that tells it where to write (one file per chapter).
+RECORDER = Path(__file__).with_name("record_imports.py")
+IMPORTS_VARIABLE = "BOOK_IMPORTS_FILE"
+ARTIFACT_LOAD = re.compile(r"""artifacts\.load\(\s*["']([\w.-]+)["']""")
 
 
-def _ignored(relative: Path) -> bool:
-    if any(part in IGNORED_PARTS for part in relative.parts) or relative.suffix == ".pyc":
-        return True
-    return len(relative.parts) >= 3 and relative.parts[0] == "artifacts" and relative.parts[2] == "run"
+def loaded_artifacts(source: str) -> list[str]:
+    """The names of the artifacts a chapter's text loads with ``artifacts.load("name")``, sorted."""
+    return sorted(set(ARTIFACT_LOAD.findall(source)))
 
 
-def key_files(root: Path) -> list[Path]:
-    """The files the key covers, sorted by their path relative to ``root``."""
-    found = []
-    for source in KEY_SOURCES:
-        path = root / source
-        candidates = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        found += [p for p in candidates if not _ignored(p.relative_to(root))]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+def module_file(root: Path, module: str) -> Path:
+    """The source file of a library module: ``a.b`` is ``a/b.py``, or ``a/b/__init__.py`` for a package."""
+    path = root.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
-def execution_key(root: Path) -> str:
-    """A hash of the names and contents of ``key_files(root)``."""
+def artifact_files(root: Path, name: str) -> list[Path]:
+    """The files of a stored artifact, sorted; its in-progress training folder run/ is never loaded, so not included."""
+    folder = root / "artifacts" / name
+    if not folder.is_dir():
+        return []
+    files = (p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).parts[0] != "run")
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def chapter_key(root: Path, modules: list[str], artifacts: list[str]) -> str:
+    """A hash of the requirements, the library ``modules`` and the ``artifacts``, each by path and content."""
     digest = hashlib.sha256()
-    for path in key_files(root):
+    files = [root / REQUIREMENTS] + [module_file(root, m) for m in sorted(modules) if m.split(".")[0] == PACKAGE]
+    files += [path for name in artifacts for path in artifact_files(root, name)]
+    for path in files:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"missing")
+    for name in artifacts:  # an artifact that is missing altogether still counts, by name
+        digest.update(f"artifact {name}\0".encode())
     return digest.hexdigest()
 
 
-def recorded_key(build_dir: Path) -> str | None:
-    path = build_dir / KEY_FILE
-    return path.read_text().strip() if path.is_file() else None
+def recorded_imports(build_dir: Path, docname: str) -> list[str] | None:
+    """The library modules the chapter's kernel had imported when it last executed, or None when unknown."""
+    path = build_dir / IMPORTS_FOLDER / f"{docname}.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())["modules"]
+    except (ValueError, KeyError):
+        return None
 
 
-def clear_if_changed(build_dir: Path, cache_dir: Path, key: str) -> bool:
-    """Delete ``cache_dir`` when ``key`` is not the key recorded in ``build_dir``; True when it was not."""
-    if recorded_key(build_dir) == key:
-        return False
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    return True
+def current_key(root: Path, build_dir: Path, docname: str, source: str) -> str | None:
+    """The chapter's key from the files as they are now; None when its imports were never recorded."""
+    modules = recorded_imports(build_dir, docname)
+    return None if modules is None else chapter_key(root, modules, loaded_artifacts(source))
 
 
-def record_key(build_dir: Path, key: str) -> None:
+def recorded_keys(build_dir: Path) -> dict:
+    path = build_dir / KEYS_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def record_key(build_dir: Path, docname: str, key: str | None) -> None:
+    keys = recorded_keys(build_dir)
+    keys[docname] = key
     build_dir.mkdir(parents=True, exist_ok=True)
-    (build_dir / KEY_FILE).write_text(key + "\n")
+    (build_dir / KEYS_FILE).write_text(json.dumps(keys, indent=1, sort_keys=True) + "\n")
+
+
+def forget_execution(cache_dir: Path, source_path: Path) -> int:
+    """Delete the cached executions of the notebook at source_path; returns how many there were."""
+    if not cache_dir.is_dir():
+        return 0
+    from jupyter_cache import get_cache
+
+    cache = get_cache(str(cache_dir))
+    stale = [r.pk for r in cache.list_cache_records() if Path(r.uri).resolve() == source_path.resolve()]
+    for pk in stale:
+        cache.remove_cache(pk)
+    return len(stale)
+
+
+def is_notebook(source: str) -> bool:
+    return "```{code-cell}" in source
 
 
 def repository_root(srcdir: Path) -> Path:
     """The folder above the book that holds the library (the book's source folder is ``book/``)."""
     for folder in (srcdir, *srcdir.parents):
-        if (folder / "diffusion_lib").is_dir():
+        if (folder / PACKAGE).is_dir():
             return folder
     return srcdir.parent
 
@@ -96,32 +149,72 @@ def _cache_dir(app: Sphinx) -> Path:
     return Path(configured).resolve() if configured else _build_dir(app) / ".jupyter_cache"
 
 
-def check_key(app: Sphinx) -> None:
+def install_recorder(build_dir: Path) -> Path:
+    """An IPython folder whose default profile runs record_imports.py at start-up; returns the folder."""
+    ipython_dir = build_dir / ".ipython"
+    startup = ipython_dir / "profile_default" / "startup"
+    startup.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(RECORDER, startup / RECORDER.name)
+    return ipython_dir
+
+
+def check_keys(app: Sphinx) -> None:
     build_dir = _build_dir(app)
-    app.execution_key = execution_key(repository_root(Path(app.srcdir).resolve()))
-    app.execution_key_changed = clear_if_changed(build_dir, _cache_dir(app), app.execution_key)
+    app.repository_root = repository_root(Path(app.srcdir).resolve())
+    os.environ["IPYTHONDIR"] = str(install_recorder(build_dir))
     mark = build_dir / CLEAN_MARK.format(builder=app.builder.name)
     app.last_build_clean = mark.is_file()
     mark.unlink(missing_ok=True)
-    if app.execution_key_changed:
-        LOGGER.info("library, artifacts or requirements changed (or no key recorded): executing every chapter")
-    elif not app.last_build_clean:
+    if not app.last_build_clean:
         LOGGER.info("the last build warned or failed: reading every chapter again")
 
 
+def changed_chapters(app: Sphinx, docnames) -> list[str]:
+    """The chapters whose key differs from the recorded one; their cached executions are deleted."""
+    build_dir, keys, changed = _build_dir(app), recorded_keys(_build_dir(app)), []
+    for docname in sorted(docnames):
+        path = Path(app.env.doc2path(docname))
+        source = path.read_text() if path.is_file() else ""
+        if not is_notebook(source):
+            continue
+        key = current_key(app.repository_root, build_dir, docname, source)
+        if key is None or keys.get(docname) != key:
+            forget_execution(_cache_dir(app), path)
+            changed.append(docname)
+    return changed
+
+
 def outdated_docs(app: Sphinx, env, added, changed, removed) -> list[str]:
-    return sorted(env.found_docs) if app.execution_key_changed or not app.last_build_clean else []
+    rerun = changed_chapters(app, env.found_docs)
+    if rerun:
+        LOGGER.info(f"library, artifacts or requirements changed for: {', '.join(rerun)}")
+    return sorted(env.found_docs) if not app.last_build_clean else rerun
 
 
-def record(app: Sphinx, exception) -> None:
-    if exception is None:
-        record_key(_build_dir(app), app.execution_key)
-        if getattr(app, "_warncount", 1) == 0:
-            (_build_dir(app) / CLEAN_MARK.format(builder=app.builder.name)).touch()
+def before_reading(app: Sphinx, docname: str, source: list) -> None:
+    """Tell the kernel that may execute this chapter where to record its imports."""
+    os.environ[IMPORTS_VARIABLE] = str(_build_dir(app) / IMPORTS_FOLDER / f"{docname}.json")
+
+
+def after_reading(app: Sphinx, doctree) -> None:
+    """Record the key of a chapter read without error (executed, or taken from the cache)."""
+    docname = app.env.docname
+    path = Path(app.env.doc2path(docname))
+    source = path.read_text() if path.is_file() else ""
+    if is_notebook(source):
+        build_dir = _build_dir(app)
+        record_key(build_dir, docname, current_key(app.repository_root, build_dir, docname, source))
+
+
+def record_clean(app: Sphinx, exception) -> None:
+    if exception is None and getattr(app, "_warncount", 1) == 0:
+        (_build_dir(app) / CLEAN_MARK.format(builder=app.builder.name)).touch()
 
 
 def setup(app: Sphinx) -> dict:
-    app.connect("builder-inited", check_key)
+    app.connect("builder-inited", check_keys)
     app.connect("env-get-outdated", outdated_docs)
-    app.connect("build-finished", record)
-    return {"parallel_read_safe": True, "parallel_write_safe": True}
+    app.connect("source-read", before_reading)
+    app.connect("doctree-read", after_reading)
+    app.connect("build-finished", record_clean)
+    return {"parallel_read_safe": False, "parallel_write_safe": True}

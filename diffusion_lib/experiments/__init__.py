@@ -7,16 +7,21 @@ A builder receives the artifacts it needs already loaded, so no experiment
 imports :mod:`diffusion_lib.artifacts`.
 """
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .conditional import build_conditional, make_conditional_unet, open_conditional
-from .ddpm import build_ddpm, make_unet, open_diffusion
-from .generalization import build_generalization
-from .guidance_sweep import build_guidance_sweep
-from .judge import build_classifier, make_classifier
-from .noisy_judge import build_noisy_classifier, make_noisy_classifier
-from .samplers import build_sampler_table
+
+def later(module, function):
+    """experiments/<module>.py's function, imported at its first call: loading one artifact imports only the
+    modules that define it (and the book's chapters depend on no other; book/_ext/execution_key.py)."""
+
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(f"{__name__}.{module}"), function)(*args, **kwargs)
+
+    call.__module__, call.__qualname__ = f"{__name__}.{module}", function
+    return call
+
 
 EVALUATION_SOURCES = (
     "evaluation.py",
@@ -43,7 +48,7 @@ CLASSIFIER_TRAINING_SOURCES = (
     "experiments/judge.py:fit_epochs",
     "experiments/judge.py:_save",
     "experiments/judge.py:_resume",
-    "experiments/ddpm.py:forget_other_runs",
+    "store.py:forget_other_runs",
     "checkpoints.py",
     "data.py:mnist",
     "data.py:mnist_images",
@@ -56,6 +61,14 @@ SAMPLING_SOURCES = (
     "elbo.py:reverse_mean",
     "parameterization.py",
     "schedules.py",
+)
+MLP_TRAINING_SOURCES = (
+    "models/mlp.py",
+    "models/embeddings.py",
+    "fit.py:fit",
+    "fit.py:cosine_learning_rate",
+    "fit.py:optimisation_step",
+    "losses.py",
 )
 DIFFUSION_SOURCES = (
     "models/unet.py",
@@ -98,6 +111,15 @@ class Experiment:
     sources: tuple
     open: Callable = opened_as_is
     needs: tuple = field(default=())
+
+
+def generalization_sweep(name, description, data, training, data_sources):
+    """An experiment of experiments/generalization.py: the sweep's data and training settings (a depth-3 MLP, the
+    linear schedule, seed 0, unless given), its builder, and its sources with those of the data."""
+    config = {"depth": 3, "schedule": "linear", "T": 1000, "seed": 0, **data, **training}
+    sources = ("experiments/generalization.py", *MLP_TRAINING_SOURCES, *SAMPLING_SOURCES, "checkpoints.py",
+               "store.py:forget_other_runs", *data_sources)  # fmt: skip
+    return Experiment(name, description, config, later("generalization", "build_generalization"), None, sources)
 
 
 # Every field of TrainConfig that changes what the run computes, written out, so that a later change of a default
@@ -145,8 +167,8 @@ EXPERIMENTS = {
             "mnist-classifier",
             "A small CNN trained on the MNIST training set; the judge of generated digits and the feature map of FID.",
             {"dataset": "mnist", "epochs": 8, "batch_size": 128, "lr": 1e-3, "seed": 0},
-            build_classifier,
-            make_classifier,
+            later("judge", "build_classifier"),
+            later("judge", "make_classifier"),
             (
                 "models/classifier.py",
                 "experiments/judge.py:build_classifier",
@@ -164,10 +186,10 @@ EXPERIMENTS = {
                 "train": MNIST_DDPM_TRAINING,
                 "evaluation": {"num_samples": 10_000, "sampling_steps": 1000, "batch_size": 5000, "seed": 1},
             },
-            build_ddpm,
-            make_unet,
-            DIFFUSION_SOURCES + EVALUATION_SOURCES,
-            open=open_diffusion,
+            later("ddpm", "build_ddpm"),
+            later("ddpm", "make_unet"),
+            (*DIFFUSION_SOURCES, "inference.py", *EVALUATION_SOURCES),
+            open=later("ddpm", "open_diffusion"),
             needs=("mnist-classifier",),
         ),
         Experiment(
@@ -187,12 +209,12 @@ EXPERIMENTS = {
                 "grid_images": 8,
                 "seed": 2,
             },
-            build_sampler_table,
+            later("samplers", "build_sampler_table"),
             None,
             (
                 "experiments/samplers.py",
                 *SAMPLING_SOURCES,
-                "engine.py:inference_network",
+                "inference.py",
                 "metrics.py:kid",
                 "metrics.py:polynomial_kernel",
                 "metrics.py:_kernel_row_sums",
@@ -204,16 +226,16 @@ EXPERIMENTS = {
             "mnist-cfg",
             "A conditional DDPM U-Net on MNIST trained with class dropout 0.1 (label 10 = no label), EMA weights.",
             {"train": MNIST_CFG_TRAINING, "grid": {"per_class": 10, "steps": 50, "seed": 3}},
-            build_conditional,
-            make_conditional_unet,
+            later("conditional", "build_conditional"),
+            later("conditional", "make_conditional_unet"),
             (
                 *(source for source in DIFFUSION_SOURCES if source != "experiments/ddpm.py"),
                 "experiments/conditional.py",
-                "experiments/ddpm.py:forget_other_runs",
+                "store.py:forget_other_runs",
                 "solvers.py",
                 "metrics.py:classify",
             ),
-            open=open_conditional,
+            open=later("conditional", "open_conditional"),
             needs=("mnist-classifier",),
         ),
         Experiment(
@@ -230,8 +252,8 @@ EXPERIMENTS = {
                 "T": 1000,
                 "report_steps": [0, 100, 200, 300, 400, 500, 600, 700, 800, 999],
             },
-            build_noisy_classifier,
-            make_noisy_classifier,
+            later("noisy_judge", "build_noisy_classifier"),
+            later("noisy_judge", "make_noisy_classifier"),
             (
                 "models/noisy_classifier.py",
                 "models/embeddings.py",
@@ -255,54 +277,127 @@ EXPERIMENTS = {
                 "sampling_steps": 50,
                 "seed": 4,
             },
-            build_guidance_sweep,
+            later("guidance_sweep", "build_guidance_sweep"),
             None,
             (
                 "experiments/guidance_sweep.py",
                 "guidance.py",
+                "inference.py",
                 *SAMPLING_SOURCES,
                 "checkpoints.py",
-                "experiments/ddpm.py:forget_other_runs",
+                "store.py:forget_other_runs",
                 "metrics.py:classify",
                 "data.py:to_bytes",
                 "data.py:from_bytes",
             ),
             needs=("mnist-cfg", "mnist-noisy-classifier", "mnist-classifier"),
         ),
-        Experiment(
+        generalization_sweep(
             "digits-generalization",
             "Pairs of MLP denoisers trained on disjoint halves of scikit-learn's 8 x 8 digits, N images each, for N "
             "from 6 to 750 with the same step budget; samples of every model from the same x_T, DDIM 100 steps.",
+            {"dataset": "digits", "sizes": [6, 12, 23, 47, 94, 188, 375, 750], "width": 256, "steps": 4000},
+            {"batch_size": 128, "lr": 1e-3, "samples": 500, "sampling_steps": 100, "loss_draws": 16384},
+            ("data.py:digits", "data.py:as_tensors"),
+        ),
+        generalization_sweep(
+            "roll-generalization",
+            "Pairs of MLP denoisers trained on disjoint halves of 8192 swiss-roll points, N points each, for N from 4 "
+            "to 4096 with the same step budget; samples of every model from the same x_T, DDIM 50 steps.",
+            {"dataset": "swiss_roll", "points": 8192, "test_points": 2000, "sizes": [4, 16, 64, 256, 1024, 4096]},
             {
-                "dataset": "digits",
-                "sizes": [6, 12, 23, 47, 94, 188, 375, 750],
-                "width": 256,
-                "depth": 3,
-                "steps": 4000,
-                "batch_size": 128,
-                "lr": 1e-3,
-                "schedule": "linear",
-                "T": 1000,
-                "samples": 500,
-                "sampling_steps": 100,
-                "loss_draws": 16384,
-                "seed": 0,
+                "width": 64,
+                "steps": 2000,
+                "batch_size": 256,
+                "lr": 3e-3,
+                "samples": 1000,
+                "sampling_steps": 50,
+                "loss_draws": 8192,
+            },  # fmt: skip
+            ("data.py:toy_data", "data.py:swiss_roll"),
+        ),
+        Experiment(
+            "mnist-judge-features",
+            "The judge's features (float16) and class probabilities of the MNIST test set, the first 10,000 training "
+            "images and mnist-ddpm's stored samples.",
+            {"train_images": 10_000, "features": "float16"},
+            later("judge_features", "build_judge_features"),
+            None,
+            ("experiments/judge_features.py", *EVALUATION_SOURCES),
+            needs=("mnist-classifier", "mnist-ddpm"),
+        ),
+        Experiment(
+            "mnist-guidance-measures",
+            "Chapter 9's measures: the noise-conditional classifier's and the judge's accuracy on noised test digits, "
+            "and the judge's per-digit measures of every mnist-guidance setting beside floors of real test digits.",
+            {
+                "accuracy": {"steps": [0, 100, 200, 300, 400, 500, 600, 700, 800, 999], "seed": 1},
+                "floor": {"max_sets": 5, "seed": 3},
             },
-            build_generalization,
+            later("guidance_measures", "build_guidance_measures"),
             None,
             (
-                "experiments/generalization.py",
-                "models/mlp.py",
-                "models/embeddings.py",
-                "fit.py:fit",
-                "fit.py:cosine_learning_rate",
-                "fit.py:optimisation_step",
-                "losses.py",
+                "experiments/guidance_measures.py",
+                "evaluation.py",
+                "schedules.py",
+                "metrics.py",
+                *EVALUATION_SOURCES,
+            ),
+            needs=("mnist-guidance", "mnist-classifier", "mnist-noisy-classifier"),
+        ),
+        Experiment(
+            "mnist-patch-machine",
+            "The equivariant local score machine on 100 MNIST training images, its patch size calibrated against "
+            "mnist-ddpm at every other step of a 20-step DDIM grid; its samples beside the network's and the optimal "
+            "denoiser's from the same x_T.",
+            {
+                "patch_images": 100,
+                "candidates": [3, 5, 7, 9, 13, 19],
+                "background": -1.0,
+                "calibration_images": 4,
+                "sampling_steps": 20,
+                "calibrate_every": 2,
+                "samples": 4,
+                "seed": 5,
+            },
+            later("patch_machine", "build_patch_machine"),
+            None,
+            (
+                "experiments/patch_machine.py",
+                "optimal.py",
+                "metrics.py:r_squared",
                 *SAMPLING_SOURCES,
-                "checkpoints.py",
-                "experiments/ddpm.py:forget_other_runs",
-                "data.py:digits",
-                "data.py:as_tensors",
+                "data.py:mnist",
+                "data.py:mnist_images",
+                "data.py:_to_signed",
+            ),
+            needs=("mnist-ddpm",),
+        ),
+        Experiment(
+            "roll-ddpm",
+            "The DDPMs of chapter 3 on 10,000 swiss-roll points: an MLP per noise schedule (linear and cosine, T = "
+            "1000), 4000 Adam steps each.",
+            {
+                "dataset": "swiss_roll",
+                "points": 10_000,
+                "schedules": ["linear", "cosine"],
+                "T": 1000,
+                "width": 64,
+                "depth": 3,
+                "time_dim": 64,
+                "steps": 4000,
+                "batch_size": 512,
+                "lr": 3e-3,
+                "seed": 0,
+            },
+            later("toy_ddpm", "build_toy_ddpm"),
+            later("toy_ddpm", "make_networks"),
+            (
+                "experiments/toy_ddpm.py",
+                *MLP_TRAINING_SOURCES,
+                "schedules.py",
+                "data.py:toy_data",
+                "data.py:swiss_roll",
             ),
         ),
     ]

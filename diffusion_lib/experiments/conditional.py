@@ -16,7 +16,6 @@ from ..engine import TrainConfig, build_unet, train
 from ..parameterization import as_eps_model
 from ..sampling import sample
 from ..schedules import NoiseSchedule
-from .ddpm import forget_other_runs
 
 
 def recipe(experiment, device):
@@ -47,7 +46,8 @@ def build_conditional(experiment, folder, device, time_budget, needed):
     the time budget ran out first."""
     run = folder / "run"
     trained = recipe(experiment, device)
-    forget_other_runs(run, {"train": dataclasses.asdict(trained), "grid": experiment.config["grid"]})  # per device
+    per_device = {"train": dataclasses.asdict(trained), "grid": experiment.config["grid"]}
+    store.forget_other_runs(run, per_device)
     config = dataclasses.replace(trained, out=str(run), device=str(device), time_budget=time_budget)
     summary = train(config)
     if not summary["complete"]:

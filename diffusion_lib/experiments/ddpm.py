@@ -1,7 +1,6 @@
 """Diffusion models trained by the engine (chapter 6), their samples drawn in resumable chunks, and their evaluation."""
 
 import json
-import shutil
 import time
 
 import torch
@@ -9,6 +8,7 @@ import torch
 from .. import checkpoints, data, store
 from ..engine import TrainConfig, build_unet, train
 from ..evaluation import evaluate_samples
+from ..inference import inference_network
 from ..parameterization import as_eps_model
 from ..sampling import sample
 from ..schedules import NoiseSchedule
@@ -42,7 +42,7 @@ def build_ddpm(experiment, folder, device, time_budget, needed):
     """
     started = time.perf_counter()
     run = folder / "run"
-    forget_other_runs(run, experiment.config)
+    store.forget_other_runs(run, experiment.config)
     config = TrainConfig(
         **{**experiment.config["train"], "out": str(run), "device": str(device), "time_budget": time_budget}
     )
@@ -60,7 +60,8 @@ def build_ddpm(experiment, folder, device, time_budget, needed):
     evaluation = experiment.config["evaluation"]
     left = None if time_budget is None else max(0.0, time_budget - (time.perf_counter() - started))
     shape = tuple(summary["image_shape"])
-    samples, sampling_seconds = sample_in_chunks(eps_model, schedule, shape, evaluation, run, left)
+    fast = inference_network(eps_model, device)
+    samples, sampling_seconds = sample_in_chunks(fast, schedule, shape, evaluation, run, left)
     if samples is None:
         print(f"{experiment.name}: sampling not finished; run the build again", flush=True)
         return None
@@ -84,23 +85,6 @@ def build_ddpm(experiment, folder, device, time_budget, needed):
     }
 
 
-def forget_other_runs(run, config):
-    """Clear what run/ holds from another config: the samples only if the training part ("train") is the same,
-    all of it otherwise."""
-    config = json.loads(json.dumps(config))
-    stamp = run / "experiment.json"
-    if stamp.exists():
-        before = json.loads(stamp.read_text())
-        if "train" in config and before.get("train") == config["train"]:
-            if before != config:
-                for chunk in run.glob("samples_*.safetensors"):
-                    chunk.unlink()
-        elif before != config:
-            shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(config))
-
-
 @torch.no_grad()
 def sample_in_chunks(eps_model, schedule, image_shape, evaluation, run, time_budget):
     """Draw evaluation["num_samples"] images chunk by chunk, each chunk saved, so that sampling can resume.
@@ -118,10 +102,9 @@ def sample_in_chunks(eps_model, schedule, image_shape, evaluation, run, time_bud
             return None, None
         chunk_started = time.perf_counter()
         generator = torch.Generator(device).manual_seed(evaluation["seed"] * 1_000_003 + chunk)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            shape = (evaluation["batch_size"], *image_shape)
-            x = sample(eps_model, schedule, shape, generator=generator, num_steps=evaluation["sampling_steps"],
-                       device=device)  # fmt: skip
+        shape = (evaluation["batch_size"], *image_shape)
+        x = sample(eps_model, schedule, shape, generator=generator, num_steps=evaluation["sampling_steps"],
+                   device=device)  # fmt: skip
         pixels = data.to_bytes(x).cpu()  # waits for the device, so the time below is the sampling's
         seconds = time.perf_counter() - chunk_started
         checkpoints.save(file, {"samples": pixels}, {"seconds": seconds})

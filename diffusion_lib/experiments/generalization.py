@@ -1,9 +1,10 @@
-"""digits-generalization: from memorizing to generalizing as the training set grows (after Kadkhodaie et al. 2024).
+"""digits- and roll-generalization: from memorizing to generalizing as the training set grows (Kadkhodaie et al. 2024).
 
 For each training-set size N, two denoisers are trained, with the same step budget, on disjoint training sets of N
 points each (the first N of two disjoint halves of the data), and both sample from the same x_T. A model that
 memorizes returns its own training points, so the two disagree; models that generalize return the same new point,
-so they agree. The same sweep runs live on 2-D data in the book and is stored for the 8 x 8 digits.
+so they agree. The sweep is stored for 2-D data (roll-generalization) and for the 8 x 8 digits
+(digits-generalization).
 """
 
 import time
@@ -16,7 +17,6 @@ from ..losses import denoising_loss
 from ..models.mlp import MLPDenoiser
 from ..sampling import sample
 from ..schedules import NoiseSchedule
-from .ddpm import forget_other_runs
 
 
 def disjoint_halves(n, seed):
@@ -90,22 +90,30 @@ def sweep_sizes(points, test, schedule, config, run=None, time_budget=None, prog
     }
 
 
+def sweep_data(config):
+    """The pool of training points and the test points of a sweep: scikit-learn's digits (the 1500 training images,
+    flattened, and the other 297), or config["points"] and config["test_points"] draws of a 2-D toy data set."""
+    if config["dataset"] == "digits":
+        return (data.as_tensors(data.digits(train=train))[0].flatten(1) for train in (True, False))
+    generator = torch.Generator().manual_seed(config["seed"])
+    return (data.toy_data(config["dataset"], config[key], generator) for key in ("points", "test_points"))
+
+
 def build_generalization(experiment, folder, device, time_budget, needed):
-    """Run :func:`sweep_sizes` on scikit-learn's digits (the 1500 training images, flattened; the other 297 are
-    the test points) on the CPU, resumably in folder/run, and store its results. Returns the meta, or None when the
-    time budget ran out first."""
+    """Run :func:`sweep_sizes` on the data of :func:`sweep_data` on the CPU, resumably in folder/run, and store its
+    results (with the points, when they were drawn). Returns the meta, or None when the time budget ran out first."""
     if torch.device(device).type != "cpu":
         raise ValueError(f"{experiment.name} trains small MLPs on the CPU; build it with --device cpu, not {device}")
     config = experiment.config
     run = folder / "run"
-    forget_other_runs(run, config)
-    points = data.as_tensors(data.digits(train=True))[0].flatten(1)
-    test = data.as_tensors(data.digits(train=False))[0].flatten(1)
+    store.forget_other_runs(run, config)
+    points, test = sweep_data(config)
     schedule = NoiseSchedule.named(config["schedule"], T=config["T"])
     found = sweep_sizes(points, test, schedule, config, run, time_budget, lambda line: print(line, flush=True))
     if found is None:
         print(f"{experiment.name}: not finished; run the build again", flush=True)
         return None
     seconds = found.pop("seconds")
-    store.save_tensors(folder, "sweep.safetensors", found)
+    drawn = {} if config["dataset"] == "digits" else {"points": points, "test": test}  # the digits are a fixed set
+    store.save_tensors(folder, "sweep.safetensors", {**found, **drawn})
     return {"seconds": seconds, "models": 2 * len(config["sizes"])}

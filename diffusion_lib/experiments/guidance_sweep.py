@@ -13,9 +13,9 @@ import torch
 
 from .. import checkpoints, data, metrics, store
 from ..guidance import classifier_free, classifier_guided, limited_interval
+from ..inference import inference_network
 from ..sampling import sample
 from ..schedules import NoiseSchedule
-from .ddpm import forget_other_runs
 
 
 def setting_names(config):
@@ -51,8 +51,8 @@ def build_guidance_sweep(experiment, folder, device, time_budget, needed):
         raise ValueError("mnist-noisy-classifier was trained on another noise schedule than mnist-cfg samples with")
     run = folder / "run"
     models = {name: needed[name].meta["files"]["weights.safetensors"] for name in needed}  # rebuilt models: redraw
-    forget_other_runs(run, {**config, "device": device.type, "models": models})
-    conditional, classifier = cfg.model.to(device), noisy.model.to(device)
+    store.forget_other_runs(run, {**config, "device": device.type, "models": models})
+    conditional, classifier = inference_network(cfg.model, device, compile=True), noisy.model.to(device)
     schedule = cfg.schedule.to(device)
     chunk_size = config["chunk_per_class"] * cfg.meta["num_classes"]
     labels = torch.arange(cfg.meta["num_classes"], device=device).repeat_interleave(config["chunk_per_class"])

@@ -8,7 +8,6 @@ from tqdm import tqdm
 from .. import checkpoints, data, metrics, store
 from ..fit import classifier_epoch
 from ..models.classifier import Classifier
-from .ddpm import forget_other_runs
 
 
 def make_classifier(experiment, meta):
@@ -68,7 +67,7 @@ def fit_epochs(experiment, run, model, trained, examples, generator, device, tim
     its inputs). Returns (the epochs' mean losses, seconds of the finished epochs), or None when the budget ran out.
     """
     config, started = experiment.config, time.perf_counter()
-    forget_other_runs(run, config)
+    store.forget_other_runs(run, config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     losses, seconds = [], 0.0
     checkpoint = run / "checkpoint.safetensors"
