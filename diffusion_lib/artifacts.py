@@ -65,10 +65,11 @@ class Artifact:
 
     @torch.no_grad()
     def sample(self, n, sampler="ddpm", steps=None, eta=0.0, seed=0, device="cpu", labels=None, progress=False,
-               guidance_scale=None):  # fmt: skip
+               guidance_scale=None, **options):  # fmt: skip
         """n images (n, C, H, W) in [-1, 1] (clamped) from this diffusion model, on the CPU in float32.
 
-        ``steps`` respaces the chain (all T steps when None); ``labels`` (n,) conditions a conditional model,
+        ``steps`` respaces the chain (all T steps when None); ``eta`` and ``options`` are the sampler's own
+        (:data:`~diffusion_lib.sampling.SAMPLERS`); ``labels`` (n,) conditions a conditional model,
         and ``guidance_scale`` w, when given, guides it without a classifier
         (:func:`~diffusion_lib.guidance.classifier_free`; w = 1 is the plain conditional model). The same seed
         gives the same images.
@@ -90,7 +91,7 @@ class Artifact:
                 conditional, model = model, lambda x, t: conditional(x, t, labels)
         generator = torch.Generator(device).manual_seed(seed)
         x = sample(model, self.schedule.to(device), (n, *self.image_shape), sampler=sampler, num_steps=steps,
-                   eta=eta, generator=generator, device=device, progress=progress)  # fmt: skip
+                   eta=eta, generator=generator, device=device, progress=progress, **options)  # fmt: skip
         return x.clamp(-1, 1).float().cpu()
 
 

@@ -30,14 +30,24 @@ def positive_int(text):
     return value
 
 
-def unit_interval(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {value}")
-    return value
+def add_sampler_options(group):
+    """One flag for each option that some sampler of the registry declares, its help naming the samplers that take
+    it; each defaults to None, which leaves the sampler's own default. Returns the options' names."""
+    takers = {}
+    for row in SAMPLERS.values():
+        for option in row.options:
+            takers.setdefault(option.name, (option, []))[1].append(row.name)
+    for name, (option, samplers) in takers.items():
+        flag, where = "--" + name.replace("_", "-"), f"(sampler {', '.join(samplers)})"
+        if option.kind is bool:
+            group.add_argument(flag, action="store_true", default=None, help=f"{option.help} {where}")
+        elif option.kind is float:
+            group.add_argument(flag, type=float, default=None, metavar="X",
+                               help=f"{option.help}, {option.allowed()} {where} [{option.default}]")  # fmt: skip
+        else:
+            group.add_argument(flag, choices=option.choices, default=None,
+                               help=f"{option.help} {where} [{option.default}]")  # fmt: skip
+    return list(takers)
 
 
 def build_parser():
@@ -54,10 +64,11 @@ def build_parser():
                         help="classifier-free guidance with --label (1: the conditional model) [none]")  # fmt: skip
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--n", type=positive_int, default=64, help="number of images [64]")
-    sampling.add_argument("--sampler", choices=list(SAMPLERS), default="ddpm", help="the sampler [ddpm]")
+    samplers = "; ".join(f"{row.name}: {row.help}" for row in SAMPLERS.values())
+    sampling.add_argument("--sampler", choices=list(SAMPLERS), default="ddpm", help=f"{samplers} [ddpm]")
     sampling.add_argument("--steps", type=positive_int, default=None, help="sampling steps [all T of the model]")
-    sampling.add_argument("--eta", type=unit_interval, default=0.0, help="noise level of the ddim sampler [0]")
     sampling.add_argument("--seed", type=int, default=0, help="seed of the noises [0]")
+    parser.set_defaults(sampler_options=add_sampler_options(sampling))
     hardware = parser.add_argument_group("hardware and output")
     hardware.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                           help="cpu, cuda or cuda:N [cuda if available]")  # fmt: skip
@@ -77,8 +88,11 @@ def open_source(source):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.eta != 0 and args.sampler != "ddim":
-        parser.error(f"argument --eta: applies to --sampler ddim only, got --eta {args.eta} with {args.sampler}")
+    given = {name: getattr(args, name) for name in args.sampler_options if getattr(args, name) is not None}
+    try:
+        options = SAMPLERS[args.sampler].checked(given)
+    except ValueError as error:
+        parser.error(f"argument --sampler {args.sampler}: {error}")
     if args.guidance_scale is not None and args.label is None:
         parser.error("argument --guidance-scale: needs --label, the class to steer towards")
     try:
@@ -86,12 +100,13 @@ def main(argv=None):
         if args.steps is not None and model.schedule is not None and args.steps > model.schedule.T:
             parser.error(f"argument --steps: must be at most the model's T = {model.schedule.T}, got {args.steps}")
         labels = None if args.label is None else torch.full((args.n,), args.label)
-        images = model.sample(args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
-                              device=args.device, labels=labels, progress=True,
-                              guidance_scale=args.guidance_scale)  # fmt: skip
+        images = model.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, device=args.device,
+                              labels=labels, progress=True, guidance_scale=args.guidance_scale, **options)  # fmt: skip
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
-    settings = {key: value for key, value in vars(args).items() if key != "out"}
+    unsaved = ("out", "sampler_options", *args.sampler_options)
+    chosen = {key: value for key, value in vars(args).items() if key not in unsaved}
+    settings = {**chosen, **options}  # the options the sampler took, defaults filled in
     store.save_grid(args.out, "samples.png", images, nrow=math.ceil(math.sqrt(args.n)))
     store.save_tensors(args.out, "samples.safetensors", {"images": images})
     store.save_json(args.out, "settings.json", settings)

@@ -1,20 +1,26 @@
-"""The reverse process: one function per update rule, one loop for all of them.
+"""The reverse process: one function per update rule, one registry of samplers, one loop for all of them.
 
-An update rule steps x_t -> x_{t-1} on a grid of steps (a schedule, respaced
-when the chain is shortened). :func:`sample_loop` runs any of them with any
-callable ``model(x, t) -> eps``, where t is a LongTensor of the original
-0-indexed steps; :func:`sample` draws x_T and returns x_0.
+An update rule of the discrete chain steps x_t -> x_{t-1} on a grid of steps (a
+schedule, respaced when the chain is shortened); a solver steps the scaled
+variable u = x / sqrt(alpha_bar) from one noise level to the next
+(:mod:`diffusion_lib.denoisers`). :data:`SAMPLERS` lists both kinds with the
+options each declares. :func:`sample_loop` runs any of them with any callable
+``model(x, t) -> eps``, where t is a LongTensor of the original 0-indexed steps;
+:func:`sample` draws x_T and returns x_0.
 """
 
 import math
-from numbers import Integral
+from collections.abc import Callable
+from dataclasses import dataclass
+from numbers import Integral, Real
 
 import torch
 from tqdm import tqdm
 
+from .denoisers import StepDenoiser, model_levels
 from .elbo import reverse_mean, reverse_variances
 from .parameterization import eps_from_x0, x0_from_eps
-from .solvers import dpm_solver
+from .solvers import dpm_solver, euler_step, heun_step
 
 
 def _check_step_index(t, name):
@@ -87,11 +93,97 @@ def _with_noise(step, schedule, **options):
     return loop_step
 
 
+@dataclass(frozen=True)
+class Option:
+    """An option a sampler declares: its name, type and default, and the values it allows (a closed interval of
+    numbers, or a set of choices)."""
+
+    name: str
+    kind: type
+    default: object
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+    help: str = ""
+
+    def allowed(self):
+        if self.choices:
+            return "one of " + ", ".join(map(repr, self.choices))
+        if self.kind is bool:
+            return "True or False"
+        return f"a number in [{self.low}, {self.high}]"
+
+    def check(self, sampler, value):
+        """The value if this option allows it; else a ValueError naming the sampler, the option and what is allowed."""
+        if self.kind is bool:
+            fits = isinstance(value, bool)
+        elif self.kind is float:
+            fits = isinstance(value, Real) and not isinstance(value, bool) and self.low <= value <= self.high
+        else:
+            fits = value in self.choices
+        if not fits:
+            raise ValueError(
+                f"sampler {sampler!r}: option {self.name}={value!r} is not allowed; allowed: {self.allowed()}"
+            )
+        return value
+
+
+CLIP_X0 = Option("clip_x0", bool, False, help="clamp each step's estimate of x_0 to [-1, 1]")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A row of the registry: a sampler's name, what it is, the options it declares, its network calls per step,
+    and how it runs: as a step of the discrete chain (``chain(schedule, **options)`` returns the loop's step) or as a
+    step over noise levels (``solver(denoiser, u, sigma, sigma_next)``)."""
+
+    name: str
+    help: str
+    options: tuple = ()
+    calls_per_step: int = 1
+    chain: Callable | None = None
+    solver: Callable | None = None
+
+    def checked(self, options):
+        """The options with every declared default filled in; an option it does not declare, or a value out of
+        range, is a ValueError naming it."""
+        declared = {option.name: option for option in self.options}
+        unknown = sorted(set(options) - set(declared))
+        if unknown:
+            raise ValueError(f"sampler {self.name!r} takes no option {unknown[0]!r}; "
+                             f"its options: {', '.join(declared) or 'none'}")  # fmt: skip
+        return {name: option.check(self.name, options.get(name, option.default)) for name, option in declared.items()}
+
+
 SAMPLERS = {
-    "ddpm": lambda schedule, **options: _with_noise(ddpm_step, schedule, **options),
-    "ddim": lambda schedule, **options: _with_noise(ddim_step, schedule, **options),
-    "dpm-solver++": dpm_solver,
+    row.name: row
+    for row in (
+        Sampler(
+            "ddpm",
+            "ancestral DDPM (chapter 3)",
+            (Option("variance", str, "posterior", choices=("posterior", "beta"), help="the reverse variance"), CLIP_X0),
+            chain=lambda schedule, **options: _with_noise(ddpm_step, schedule, **options),
+        ),
+        Sampler(
+            "ddim",
+            "the eta family of DDIM (chapter 8; eta 0 is deterministic)",
+            (Option("eta", float, 0.0, low=0.0, high=1.0, help="0 for DDIM, 1 for DDPM's posterior noise"), CLIP_X0),
+            chain=lambda schedule, **options: _with_noise(ddim_step, schedule, **options),
+        ),
+        Sampler("dpm-solver++", "DPM-Solver++(2M) (chapter 8)", chain=dpm_solver),
+        Sampler("euler", "Euler's method over noise levels (DDIM with eta 0)", solver=euler_step),
+        Sampler(
+            "heun", "Heun's method over noise levels (two network calls a step)", calls_per_step=2, solver=heun_step
+        ),
+    )
 }
+
+
+def sampler_row(sampler):
+    """The registry's row of a sampler; a ValueError naming the allowed samplers for an unknown one."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    return SAMPLERS[sampler]
 
 
 def sample_loop(model, schedule, x_T, sampler="ddpm", num_steps=None, generator=None, progress=False, **options):
@@ -99,22 +191,22 @@ def sample_loop(model, schedule, x_T, sampler="ddpm", num_steps=None, generator=
 
     After the step at t, x is a sample of x_{t-1} in the book's 0-indexed
     notation; after the last step (t = 0), x is the final sample. ``sampler``
-    is "ddpm", "ddim" or "dpm-solver++"; ``options`` go to its update rule
+    names a row of :data:`SAMPLERS`, and ``options`` are those it declares
     (``variance`` and ``clip_x0`` for DDPM, ``eta`` and ``clip_x0`` for DDIM).
     With ``num_steps`` < T the chain visits only ``schedule.spaced_timesteps(num_steps)``
-    and each step uses the respaced schedule (eq. `respacing`); the model is
-    always called with the original 0-indexed step t as a LongTensor of shape (B,).
+    and each step uses the respaced schedule (eq. `respacing`); the samplers
+    over noise levels visit the levels of the same steps. The model is always
+    called with an original 0-indexed step t as a LongTensor of shape (B,).
     """
-    check_sampler(sampler)
-    timesteps = schedule.spaced_timesteps(schedule.T if num_steps is None else num_steps)
-    step = SAMPLERS[sampler](schedule.respaced(timesteps), **options)
+    row = sampler_row(sampler)
+    options = row.checked(options)
+    steps = schedule.T if num_steps is None else num_steps
+    if row.solver is not None:
+        denoiser = StepDenoiser(model, schedule)
+        return _level_steps(denoiser, model_levels(denoiser, steps), row.solver, x_T, progress, sampler)
+    timesteps = schedule.spaced_timesteps(steps)
+    step = row.chain(schedule.respaced(timesteps), **options)
     return _reverse_steps(model, timesteps, step, x_T, generator, progress, sampler)
-
-
-def check_sampler(sampler):
-    """Raise a ValueError naming the allowed samplers unless ``sampler`` is one of them."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
 
 
 def _reverse_steps(model, timesteps, step, x, generator, progress, name):
@@ -127,6 +219,17 @@ def _reverse_steps(model, timesteps, step, x, generator, progress, name):
         yield t, x
 
 
+def _level_steps(denoiser, sigmas, solver, x, progress, name):
+    """The loop over noise levels: x_T taken to u = x sqrt(1 + sigma^2) at the first level, one solver step from each
+    level to the next, each new state yielded back as x = u / sqrt(1 + sigma^2) with the step t of the level left."""
+    shown = {} if progress else {"disable": True}
+    u = x * math.sqrt(1 + sigmas[0].item() ** 2)
+    for i in tqdm(range(len(sigmas) - 1), desc=name, **shown):
+        sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
+        u = solver(denoiser, u, sigma, sigma_next)
+        yield denoiser.step(sigma), u / math.sqrt(1 + sigma_next**2)
+
+
 @torch.no_grad()
 def sample(
     model, schedule, shape, *, sampler="ddpm", num_steps=None, generator=None, x_T=None, eta=0.0,
@@ -134,19 +237,20 @@ def sample(
 ):  # fmt: skip
     """Draw x_T ~ N(0, I) of the given shape (or take the given x_T) and run :func:`sample_loop` to the end.
 
-    ``sampler`` is "ddpm" (ancestral, eq. `ddpm-step`), "ddim" (eq.
-    `ddim-step`, eta 0 unless given) or "dpm-solver++" (DPM-Solver++(2M),
-    eq. `dpm-solver-2m`). Returns x_0, or with ``trajectory=True`` a tensor
+    ``sampler`` names a row of :data:`SAMPLERS`: "ddpm" (ancestral, eq.
+    `ddpm-step`), "ddim" (eq. `ddim-step`, eta 0 unless given), "dpm-solver++"
+    (DPM-Solver++(2M), eq. `dpm-solver-2m`), "euler" or "heun" (over noise
+    levels, eq. `heun-step`); ``eta`` and ``options`` must be options it
+    declares. Returns x_0, or with ``trajectory=True`` a tensor
     (num_steps + 1, *shape) holding x_T first and x_0 last. The result is not
     clamped: x_0 estimates may leave [-1, 1] slightly (``clip_x0=True`` keeps
     each step's estimate of x_0 inside it); clamp before showing or storing
     images. ``progress`` shows a progress bar (which TQDM_DISABLE=1 hides).
     """
-    check_sampler(sampler)
-    if sampler == "ddim":
+    row = sampler_row(sampler)
+    if eta != 0 or any(option.name == "eta" for option in row.options):
         options["eta"] = eta
-    elif eta != 0:
-        raise ValueError(f"eta applies to the ddim sampler only, got eta={eta!r} with sampler={sampler!r}")
+    row.checked(options)  # before anything is drawn
     if x_T is None:
         x_T = torch.randn(shape, generator=generator, device=device)
     elif tuple(x_T.shape) != tuple(shape):

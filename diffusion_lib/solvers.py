@@ -1,4 +1,5 @@
-"""Solvers of the probability-flow ODE over a grid of noise levels: DPM-Solver++(2M) (Lu et al. 2022).
+"""Solvers of the probability-flow ODE over a grid of noise levels: DPM-Solver++(2M) (Lu et al. 2022), and the
+Euler and Heun steps on the scaled variable u = x / sqrt(alpha_bar) (Karras et al. 2022).
 
 Written in the half log signal-to-noise ratio lambda = log(alpha / sigma),
 with alpha_t = sqrt(alpha_bar_t) and sigma_t = sqrt(1 - alpha_bar_t), the
@@ -7,6 +8,10 @@ only the data prediction x_0(x_lambda) is approximated, by a constant (first
 order, which is DDIM) or by a line through the last two predictions (second
 order, multistep). The grid is a (respaced) schedule; index t steps to
 t - 1, and at t = 0 the step lands on alpha_bar = 1, the data.
+
+Euler and Heun work on a decreasing grid of noise levels sigma and call a
+denoiser D(u, sigma) (:mod:`diffusion_lib.denoisers`), whose noise form
+eps = (u - D) / sigma is the slope du / dsigma of eq. `ddim-ode`.
 """
 
 import math
@@ -55,3 +60,22 @@ def dpm_solver(schedule):
         return x_prev
 
     return step
+
+
+def euler_step(denoiser, u, sigma, sigma_next, *rest):
+    """u + (sigma_next - sigma) eps(u, sigma), eps(u, sigma) = (u - D(u, sigma)) / sigma: Euler's method on the
+    probability-flow ODE du / dsigma = eps (eq. `ddim-ode`), which is DDIM with eta 0 on the same levels."""
+    slope = (u - denoiser(u, sigma, *rest)) / sigma
+    return u + (sigma_next - sigma) * slope
+
+
+def heun_step(denoiser, u, sigma, sigma_next, *rest):
+    """Heun's method on eq. `ddim-ode` (Karras et al. 2022, Algorithm 1), eq. `heun-step`: an Euler step to
+    sigma_next, then the mean of the slopes at both ends; the step to sigma_next = 0 stays an Euler step (the
+    slope at sigma = 0 is undefined). Two denoiser calls per step, one at the last."""
+    slope = (u - denoiser(u, sigma, *rest)) / sigma
+    euler = u + (sigma_next - sigma) * slope
+    if sigma_next == 0:
+        return euler
+    slope_next = (euler - denoiser(euler, sigma_next, *rest)) / sigma_next
+    return u + (sigma_next - sigma) * (slope + slope_next) / 2

@@ -842,7 +842,7 @@ def test_the_sampling_command_writes_a_grid_tensors_and_settings(run_a, tmp_path
 
     settings = json.loads((out / "settings.json").read_text())
     assert settings == {"source": str(run_a), "label": None, "guidance_scale": None, "n": 4, "sampler": "ddim",
-                        "steps": 5, "eta": 0.0, "seed": 0, "device": "cpu"}  # fmt: skip
+                        "steps": 5, "seed": 0, "device": "cpu", "eta": 0.0, "clip_x0": False}  # fmt: skip
     from PIL import Image
 
     assert Image.open(out / "samples.png").size == (2 * (8 + 2) + 2,) * 2  # 2 x 2 images of 8 x 8, 2 pixels apart

@@ -23,7 +23,7 @@ from diffusion_lib import NoiseSchedule, ddpm_step, sample, sample_loop
 from diffusion_lib.models import MLPDenoiser
 from diffusion_lib.optimal import GaussianDenoiser
 from diffusion_lib.parameterization import x0_from_eps
-from diffusion_lib.sampling import ddim_invert, ddim_step, langevin, slerp
+from diffusion_lib.sampling import SAMPLERS, ddim_invert, ddim_step, langevin, slerp
 
 f64 = torch.float64
 
@@ -612,15 +612,16 @@ def test_slerp_between_parallel_or_opposite_noises_survives_rounding():
 
 
 def test_sampling_refuses_an_unknown_sampler(schedule, mentions):
-    with pytest.raises(ValueError, match=mentions("sampler", "'euler'", "ddpm", "ddim", "dpm-solver++")):
-        sample(zero_model, schedule, (4, 2), sampler="euler")
-    with pytest.raises(ValueError, match=mentions("sampler", "'euler'", "ddpm", "ddim", "dpm-solver++")):
-        next(sample_loop(zero_model, schedule, torch.zeros(4, 2), sampler="euler"))
+    allowed = ("ddpm", "ddim", "dpm-solver++", "euler", "heun")
+    with pytest.raises(ValueError, match=mentions("sampler", "'lms'", *allowed)):
+        sample(zero_model, schedule, (4, 2), sampler="lms")
+    with pytest.raises(ValueError, match=mentions("sampler", "'lms'", *allowed)):
+        next(sample_loop(zero_model, schedule, torch.zeros(4, 2), sampler="lms"))
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "dpm-solver++"])
 def test_eta_applies_to_the_ddim_sampler_only(schedule, sampler, mentions):
-    with pytest.raises(ValueError, match=mentions("eta", "0.5", "ddim", repr(sampler))):
+    with pytest.raises(ValueError, match=mentions("takes no option", "'eta'", repr(sampler))):
         sample(zero_model, schedule, (4, 2), sampler=sampler, eta=0.5)
     sample(zero_model, schedule, (4, 2), sampler="ddim", eta=0.5)  # allowed with ddim
 
@@ -674,11 +675,52 @@ def test_an_unknown_sampler_is_refused_before_anything_is_drawn():
     schedule = NoiseSchedule.linear(10)
     generator = torch.Generator().manual_seed(0)
     state = generator.get_state()
-    with pytest.raises(ValueError, match="unknown sampler 'euler'; allowed: ddpm, ddim, dpm-solver"):
-        sample(lambda x, t: x, schedule, (2, 3), sampler="euler", generator=generator)
+    with pytest.raises(ValueError, match="unknown sampler 'lms'; allowed: ddpm, ddim, dpm-solver\\+\\+, euler, heun"):
+        sample(lambda x, t: x, schedule, (2, 3), sampler="lms", generator=generator)
     assert torch.equal(generator.get_state(), state)
-    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
-        sample_loop(lambda x, t: x, schedule, torch.zeros(2, 3), sampler="euler")  # raised on the call itself
+    with pytest.raises(ValueError, match="unknown sampler 'lms'"):
+        sample_loop(lambda x, t: x, schedule, torch.zeros(2, 3), sampler="lms")  # raised on the call itself
+
+
+@pytest.mark.parametrize(
+    ("sampler", "options", "message"),
+    [
+        ("ddpm", {"eta": 0.5}, "sampler 'ddpm' takes no option 'eta'; its options: variance, clip_x0"),
+        ("dpm-solver++", {"clip_x0": True}, "sampler 'dpm-solver\\+\\+' takes no option 'clip_x0'; its options: none"),
+        ("heun", {"eta": 0.2}, "sampler 'heun' takes no option 'eta'; its options: none"),
+        ("ddim", {"eta": 1.5}, r"sampler 'ddim': option eta=1.5 is not allowed; allowed: a number in \[0.0, 1.0\]"),
+        ("ddim", {"eta": True}, r"option eta=True is not allowed; allowed: a number in \[0.0, 1.0\]"),
+        ("ddpm", {"variance": "big"}, "option variance='big' is not allowed; allowed: one of 'posterior', 'beta'"),
+        ("ddim", {"clip_x0": "yes"}, "option clip_x0='yes' is not allowed; allowed: True or False"),
+    ],
+)
+def test_an_option_a_sampler_does_not_declare_or_allow_is_named_before_anything_is_drawn(sampler, options, message):
+    schedule = NoiseSchedule.linear(10)
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    with pytest.raises(ValueError, match=message):
+        sample(lambda x, t: x, schedule, (2, 3), sampler=sampler, generator=generator, **options)
+    assert torch.equal(generator.get_state(), state)
+
+
+def test_the_registry_fills_in_each_declared_default():
+    assert SAMPLERS["ddim"].checked({}) == {"eta": 0.0, "clip_x0": False}
+    assert SAMPLERS["ddpm"].checked({"clip_x0": True}) == {"variance": "posterior", "clip_x0": True}
+    assert SAMPLERS["heun"].checked({}) == {} and SAMPLERS["heun"].calls_per_step == 2
+
+
+def test_euler_over_the_noise_levels_of_the_steps_is_ddim_with_eta_zero():
+    """Chapter 8: in u = x / sqrt(alpha_bar) a DDIM step is u + (sigma' - sigma) eps, Euler's step; both run on the
+    levels of the same respaced steps, so they agree to float64 rounding (seen: 4e-15)."""
+    schedule = NoiseSchedule.linear(100)
+    model = GaussianDenoiser(torch.zeros(3, dtype=f64), torch.diag(torch.tensor([0.3, 1.0, 2.0], dtype=f64)), schedule)
+    x_T = torch.randn(50, 3, generator=torch.Generator().manual_seed(0), dtype=f64)
+    for steps in (100, 13):
+        ddim = sample(model, schedule, x_T.shape, sampler="ddim", num_steps=steps, x_T=x_T)
+        euler = sample(model, schedule, x_T.shape, sampler="euler", num_steps=steps, x_T=x_T)
+        torch.testing.assert_close(euler, ddim, rtol=0, atol=1e-12)
+    trajectory = sample(model, schedule, x_T.shape, sampler="heun", num_steps=13, x_T=x_T, trajectory=True)
+    assert trajectory.shape == (14, 50, 3) and torch.equal(trajectory[0], x_T)
 
 
 def test_langevin_takes_the_step_of_its_equation_with_noise_from_its_generator():
