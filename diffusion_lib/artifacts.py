@@ -24,10 +24,7 @@ from safetensors.torch import load_file
 
 from . import checkpoints, store
 from .experiments import EXPERIMENTS
-from .inference import inference_network
-from .parameterization import as_eps_model
-from .sampling import sample
-from .schedules import NoiseSchedule
+from .pipeline import Pipeline
 
 
 def experiment(name):
@@ -43,8 +40,9 @@ def rebuild_hint(name):
 
 @dataclass
 class Artifact:
-    """A loaded artifact: ``model`` (eval mode, CPU, float32), and for diffusion models ``schedule`` and
-    ``image_shape``; ``meta`` and ``metrics`` as stored, ``path`` its folder."""
+    """A loaded artifact: ``model`` (eval mode, CPU, float32; for a diffusion model its eps form), ``meta`` and
+    ``metrics`` as stored, ``path`` its folder; a diffusion model's :class:`~diffusion_lib.pipeline.Pipeline` in
+    ``pipeline``, whose ``schedule`` and ``image_shape`` it shows as its own."""
 
     name: str
     path: object
@@ -52,8 +50,15 @@ class Artifact:
     meta: dict
     metrics: dict
     status: str = "ok"
-    schedule: NoiseSchedule | None = None
-    image_shape: tuple | None = None
+    pipeline: Pipeline | None = None
+
+    @property
+    def schedule(self):
+        return None if self.pipeline is None else self.pipeline.schedule
+
+    @property
+    def image_shape(self):
+        return None if self.pipeline is None else self.pipeline.image_shape
 
     def tensors(self, filename):
         """The tensors stored in another safetensors file of this artifact (e.g. samples.safetensors)."""
@@ -63,36 +68,14 @@ class Artifact:
         """The training curve: a list of {step, loss, lr, images_per_second, seconds}."""
         return json.loads((self.path / "history.json").read_text())
 
-    @torch.no_grad()
     def sample(self, n, sampler="ddpm", steps=None, eta=0.0, seed=0, device="cpu", labels=None, progress=False,
                guidance_scale=None, **options):  # fmt: skip
-        """n images (n, C, H, W) in [-1, 1] (clamped) from this diffusion model, on the CPU in float32.
-
-        ``steps`` respaces the chain (all T steps when None); ``eta`` and ``options`` are the sampler's own
-        (:data:`~diffusion_lib.sampling.SAMPLERS`); ``labels`` (n,) conditions a conditional model,
-        and ``guidance_scale`` w, when given, guides it without a classifier
-        (:func:`~diffusion_lib.guidance.classifier_free`; w = 1 is the plain conditional model). The same seed
-        gives the same images.
-        """
-        if self.schedule is None:
+        """n images (n, C, H, W) in [-1, 1] (clamped) from this diffusion model, on the CPU in float32: its
+        pipeline's :meth:`~diffusion_lib.pipeline.Pipeline.sample`, with the same arguments."""
+        if self.pipeline is None:
             raise ValueError(f"artifact {self.name!r} is not a diffusion model; it cannot sample")
-        model = inference_network(self.model, device)
-        if guidance_scale is not None and labels is None:
-            raise ValueError("guidance_scale needs labels: guidance steers towards a class")
-        if guidance_scale is not None and self.meta.get("num_classes") is None:
-            raise ValueError(f"guidance_scale needs a conditional model; {self.name!r} was trained without labels")
-        if labels is not None:
-            labels = torch.as_tensor(labels, device=device)
-            if guidance_scale is not None:
-                from .guidance import classifier_free  # here, so that loading an artifact does not import it
-
-                model = classifier_free(model, labels, guidance_scale, null_label=self.meta.get("num_classes"))
-            else:
-                conditional, model = model, lambda x, t: conditional(x, t, labels)
-        generator = torch.Generator(device).manual_seed(seed)
-        x = sample(model, self.schedule.to(device), (n, *self.image_shape), sampler=sampler, num_steps=steps,
-                   eta=eta, generator=generator, device=device, progress=progress, **options)  # fmt: skip
-        return x.clamp(-1, 1).float().cpu()
+        return self.pipeline.sample(n, sampler=sampler, steps=steps, eta=eta, seed=seed, device=device, labels=labels,
+                                    progress=progress, guidance_scale=guidance_scale, **options)  # fmt: skip
 
 
 def load(name):
@@ -142,9 +125,8 @@ def load_run(folder):
     network = build_unet(config, tuple(meta["image_shape"]), meta["num_classes"])
     network.load_state_dict({k: v.float() for k, v in tensors.items()})
     network.eval().requires_grad_(False)
-    schedule = NoiseSchedule.named(config.schedule, T=config.T)
-    model = as_eps_model(network, schedule, config.prediction)
-    return Artifact(path.name, path, model, meta, {}, "run", schedule, tuple(meta["image_shape"]))
+    pipeline = Pipeline.from_config(network, config, meta["image_shape"], meta["num_classes"])
+    return Artifact(path.name, path, pipeline.model, meta, {}, "run", pipeline)
 
 
 def status(name):

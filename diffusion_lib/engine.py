@@ -25,8 +25,7 @@ from . import checkpoints, data
 from .fit import cosine_learning_rate, optimisation_step
 from .losses import denoising_loss
 from .models.unet import UNet
-from .parameterization import as_eps_model
-from .sampling import sample
+from .pipeline import Pipeline
 from .schedules import NoiseSchedule
 from .train_config import TrainConfig, check, differences, run_folder
 
@@ -261,7 +260,7 @@ def train(config):
                   log, device)  # fmt: skip
         if process.main and config.sample_every and step % (config.sample_every * steps_per_epoch) == 0:
             path = out / f"samples_epoch_{step // steps_per_epoch}.png"
-            _sample_grid(ema, schedule, config, image_shape, num_classes, path)
+            _sample_grid(ema, config, image_shape, num_classes, path)
     progress.close()
 
     seconds += time.perf_counter() - started
@@ -322,17 +321,14 @@ def _resume(path, config, total_steps, model, ema, optimizer, device):
     return meta["step"], meta["seconds"], LossLog(meta["history"], **meta["window"])
 
 
-@torch.no_grad()
-def _sample_grid(ema, schedule, config, image_shape, num_classes, path):
-    """An 8 x 8 grid drawn by the EMA network (for a conditional network: each row the digits 0, 1, 2, ...)."""
+def _sample_grid(ema, config, image_shape, num_classes, path):
+    """An 8 x 8 grid drawn by the EMA network in float32 (for a conditional network: each row the digits 0, 1, 2,
+    ...)."""
     from torchvision.utils import save_image
 
-    device = schedule.betas.device
-    generator = torch.Generator(device).manual_seed(config.seed)
-    model = as_eps_model(ema, schedule, config.prediction)
-    if num_classes is not None:
-        labels = torch.arange(64, device=device) % num_classes
-        unconditional, model = model, lambda x, t: unconditional(x, t, labels)
-    images = sample(model, schedule, (64, *image_shape), generator=generator, num_steps=config.sample_steps,
-                    device=device)  # fmt: skip
-    save_image((images.clamp(-1, 1) + 1) / 2, path, nrow=8)
+    device = next(ema.parameters()).device
+    labels = None if num_classes is None else torch.arange(64) % num_classes
+    pipeline = Pipeline.from_config(ema, config, image_shape, num_classes)
+    images = pipeline.sample(64, steps=config.sample_steps, seed=config.seed, device=device, labels=labels,
+                             bfloat16=False)  # fmt: skip
+    save_image((images + 1) / 2, path, nrow=8)

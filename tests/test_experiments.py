@@ -152,7 +152,7 @@ def test_the_conditional_model_builds_with_the_recipe_of_its_device_and_takes_la
     with pytest.raises(ValueError, match="guidance_scale needs labels"):
         cfg.sample(2, steps=3, guidance_scale=2.0)
     artifacts.build("mnist-ddpm", "cpu")
-    with pytest.raises(ValueError, match="guidance_scale needs a conditional model; 'mnist-ddpm' was trained without"):
+    with pytest.raises(ValueError, match="labels need a conditional model; this one was trained without labels"):
         artifacts.load("mnist-ddpm").sample(2, steps=3, labels=[1, 2], guidance_scale=2.0)
 
 

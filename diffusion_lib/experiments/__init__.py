@@ -7,121 +7,24 @@ A builder receives the artifacts it needs already loaded, so no experiment
 imports :mod:`diffusion_lib.artifacts`.
 """
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
-
-def later(module, function):
-    """experiments/<module>.py's function, imported at its first call: loading one artifact imports only the
-    modules that define it (and the book's chapters depend on no other; book/_ext/execution_key.py)."""
-
-    def call(*args, **kwargs):
-        return getattr(importlib.import_module(f"{__name__}.{module}"), function)(*args, **kwargs)
-
-    call.__module__, call.__qualname__ = f"{__name__}.{module}", function
-    return call
-
-
-EVALUATION_SOURCES = (
-    "evaluation.py",
-    "data.py:mnist",
-    "data.py:mnist_images",
-    "data.py:_to_signed",
-    "data.py:to_bytes",
-    "data.py:from_bytes",
-    "metrics.py:nearest_neighbours",
-    "metrics.py:nearest_distances",
-    "metrics.py:gaussian_statistics",
-    "metrics.py:frechet_distance",
-    "metrics.py:_symmetric_sqrt",
-    "metrics.py:fid",
-    "metrics.py:classify",
-    "metrics.py:confident_fraction",
-    "metrics.py:class_fractions",
-)
-CLASSIFIER_TRAINING_SOURCES = (
-    "fit.py:classifier_epoch",
-    "fit.py:cosine_learning_rate",
-    "fit.py:optimisation_step",
-    "experiments/judge.py:train_and_store",
-    "experiments/judge.py:fit_epochs",
-    "experiments/judge.py:_save",
-    "experiments/judge.py:_resume",
-    "store.py:forget_other_runs",
-    "checkpoints.py",
-    "data.py:mnist",
-    "data.py:mnist_images",
-    "data.py:_to_signed",
-)
-SAMPLING_SOURCES = (
-    "sampling.py",
-    "solvers.py",
-    "denoisers.py",
-    "elbo.py:reverse_variances",
-    "elbo.py:reverse_mean",
-    "parameterization.py",
-    "schedules.py",
-)
-MLP_TRAINING_SOURCES = (
-    "models/mlp.py",
-    "models/embeddings.py",
-    "fit.py:fit",
-    "fit.py:cosine_learning_rate",
-    "fit.py:optimisation_step",
-    "losses.py",
-)
-DIFFUSION_SOURCES = (
-    "models/unet.py",
-    "models/embeddings.py",
-    "schedules.py",
-    "parameterization.py",
-    "losses.py:denoising_loss",
-    "elbo.py:reverse_variances",
-    "elbo.py:reverse_mean",
-    "sampling.py",
-    "solvers.py",
-    "denoisers.py",
-    "engine.py",
-    "fit.py:cosine_learning_rate",
-    "fit.py:optimisation_step",
-    "checkpoints.py",
-    "experiments/ddpm.py",
+from .record import Experiment, later
+from .sources import (
+    CLASSIFIER_TRAINING_SOURCES,
+    DIFFUSION_SOURCES,
+    EVALUATION_SOURCES,
+    MLP_TRAINING_SOURCES,
+    SAMPLING_SOURCES,
 )
 
 
-def opened_as_is(experiment, network, meta):
-    """A loaded artifact whose network is used as it is (a classifier: images -> logits)."""
-    return {"model": network}
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """A named, stored result: its config, how it is built and loaded, and what defines it.
-
-    build(experiment, folder, device, time_budget, needed) writes the artifact's files and returns its meta
-    (None when the time budget ran out first); make_model(experiment, meta) returns the stored network (None for
-    an experiment that stores results but no network);
-    open(experiment, network, meta) returns what the loaded artifact offers (its model, and for diffusion
-    models the schedule and image shape).
-    """
-
-    name: str
-    description: str
-    config: dict
-    build: Callable
-    make_model: Callable | None
-    sources: tuple
-    open: Callable = opened_as_is
-    needs: tuple = field(default=())
-
-
-def generalization_sweep(name, description, data, training, data_sources):
+def generalization_sweep(name, description, data, training, data_sources=()):
     """An experiment of experiments/generalization.py: the sweep's data and training settings (a depth-3 MLP, the
-    linear schedule, seed 0, unless given), its builder, and its sources with those of the data."""
+    linear schedule, seed 0, unless given), its builder, and its sources with those of the data (the builder reads
+    the digits or draws 2-D points; ``data_sources`` adds the 2-D data's own functions)."""
     config = {"depth": 3, "schedule": "linear", "T": 1000, "seed": 0, **data, **training}
     sources = ("experiments/generalization.py", *MLP_TRAINING_SOURCES, *SAMPLING_SOURCES, "checkpoints.py",
-               "store.py:forget_other_runs", *data_sources)  # fmt: skip
+               "store.py:forget_other_runs", "data.py:digits", "data.py:as_tensors", "data.py:toy_data",
+               *data_sources)  # fmt: skip
     return Experiment(name, description, config, later("generalization", "build_generalization"), None, sources)
 
 
@@ -218,6 +121,8 @@ EXPERIMENTS = {
                 "experiments/samplers.py",
                 *SAMPLING_SOURCES,
                 "inference.py",
+                "checkpoints.py",
+                "store.py:forget_other_runs",
                 "metrics.py:kid",
                 "metrics.py:polynomial_kernel",
                 "metrics.py:_kernel_row_sums",
@@ -234,7 +139,8 @@ EXPERIMENTS = {
             (
                 *(source for source in DIFFUSION_SOURCES if source != "experiments/ddpm.py"),
                 "experiments/conditional.py",
-                "store.py:forget_other_runs",
+                "inference.py",
+                "data.py:to_bytes",
                 "metrics.py:classify",
             ),
             open=later("conditional", "open_conditional"),
@@ -288,6 +194,7 @@ EXPERIMENTS = {
                 *SAMPLING_SOURCES,
                 "checkpoints.py",
                 "store.py:forget_other_runs",
+                "inference.py",
                 "metrics.py:classify",
                 "data.py:to_bytes",
                 "data.py:from_bytes",
@@ -300,7 +207,6 @@ EXPERIMENTS = {
             "from 6 to 750 with the same step budget; samples of every model from the same x_T, DDIM 100 steps.",
             {"dataset": "digits", "sizes": [6, 12, 23, 47, 94, 188, 375, 750], "width": 256, "steps": 4000},
             {"batch_size": 128, "lr": 1e-3, "samples": 500, "sampling_steps": 100, "loss_draws": 16384},
-            ("data.py:digits", "data.py:as_tensors"),
         ),
         generalization_sweep(
             "roll-generalization",
@@ -316,7 +222,7 @@ EXPERIMENTS = {
                 "sampling_steps": 50,
                 "loss_draws": 8192,
             },  # fmt: skip
-            ("data.py:toy_data", "data.py:swiss_roll"),
+            ("data.py:swiss_roll",),
         ),
         Experiment(
             "mnist-judge-features",

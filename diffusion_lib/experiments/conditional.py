@@ -13,9 +13,7 @@ import torch
 
 from .. import checkpoints, data, metrics, store
 from ..engine import TrainConfig, build_unet, train
-from ..parameterization import as_eps_model
-from ..sampling import sample
-from ..schedules import NoiseSchedule
+from ..pipeline import Pipeline
 
 
 def recipe(experiment, device):
@@ -30,14 +28,10 @@ def make_conditional_unet(experiment, meta):
 
 
 def open_conditional(experiment, network, meta):
-    """What a loaded conditional artifact offers: the callable (x, t, y) -> eps, its schedule and image shape."""
+    """What a loaded conditional artifact offers: its pipeline, and the network as the callable (x, t, y) -> eps."""
     config = recipe(experiment, meta["device"])
-    schedule = NoiseSchedule.named(config.schedule, T=config.T)
-    return {
-        "model": as_eps_model(network, schedule, config.prediction),
-        "schedule": schedule,
-        "image_shape": tuple(meta["image_shape"]),
-    }
+    pipeline = Pipeline.from_config(network, config, meta["image_shape"], meta["num_classes"])
+    return {"model": pipeline.model, "pipeline": pipeline}
 
 
 def build_conditional(experiment, folder, device, time_budget, needed):
@@ -57,15 +51,12 @@ def build_conditional(experiment, folder, device, time_budget, needed):
     network = make_conditional_unet(experiment, meta).to(device)
     network.load_state_dict(checkpoints.load(run / "ema.safetensors", device)[0])
     network.eval().requires_grad_(False)
-    opened = open_conditional(experiment, network, meta)
+    pipeline = open_conditional(experiment, network, meta)["pipeline"]
 
     started, grid = time.perf_counter(), experiment.config["grid"]
     labels = torch.arange(summary["num_classes"], device=device).repeat_interleave(grid["per_class"])
-    generator = torch.Generator(device).manual_seed(grid["seed"])
-    with torch.no_grad():
-        images = sample(lambda x, t: opened["model"](x, t, labels), opened["schedule"].to(device),
-                        (len(labels), *meta["image_shape"]), sampler="ddim", num_steps=grid["steps"],
-                        generator=generator, device=device).clamp(-1, 1)  # fmt: skip
+    images = pipeline.sample(len(labels), sampler="ddim", steps=grid["steps"], seed=grid["seed"], device=device,
+                             labels=labels, bfloat16=False).to(device)  # fmt: skip
     judged = metrics.classify(needed["mnist-classifier"].model.to(device), images)[1].argmax(dim=1)
     found = {
         "grid_agreement": (judged == labels).double().mean().item(),

@@ -9,9 +9,8 @@ from .. import checkpoints, data, store
 from ..engine import TrainConfig, build_unet, train
 from ..evaluation import evaluate_samples
 from ..inference import inference_network
-from ..parameterization import as_eps_model
+from ..pipeline import Pipeline
 from ..sampling import sample
-from ..schedules import NoiseSchedule
 
 
 def train_config(experiment):
@@ -25,14 +24,9 @@ def make_unet(experiment, meta):
 
 
 def open_diffusion(experiment, network, meta):
-    """What a loaded diffusion artifact offers: the callable (x, t) -> eps, its schedule and image shape."""
-    config = train_config(experiment)
-    schedule = NoiseSchedule.named(config.schedule, T=config.T)
-    return {
-        "model": as_eps_model(network, schedule, config.prediction),
-        "schedule": schedule,
-        "image_shape": tuple(meta["image_shape"]),
-    }
+    """What a loaded diffusion artifact offers: its pipeline, and the network as the callable (x, t) -> eps."""
+    pipeline = Pipeline.from_config(network, train_config(experiment), meta["image_shape"])
+    return {"model": pipeline.model, "pipeline": pipeline}
 
 
 def build_ddpm(experiment, folder, device, time_budget, needed):
@@ -54,8 +48,8 @@ def build_ddpm(experiment, folder, device, time_budget, needed):
     network = make_unet(experiment, meta).to(device)
     network.load_state_dict(checkpoints.load(run / "ema.safetensors", device)[0])
     network.eval().requires_grad_(False)
-    opened = open_diffusion(experiment, network, meta)
-    eps_model, schedule = opened["model"], opened["schedule"].to(device)
+    pipeline = open_diffusion(experiment, network, meta)["pipeline"]
+    eps_model, schedule = pipeline.model, pipeline.schedule.to(device)
 
     evaluation = experiment.config["evaluation"]
     left = None if time_budget is None else max(0.0, time_budget - (time.perf_counter() - started))
