@@ -25,17 +25,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from image_folders import write_images
 from safetensors.torch import load_file
 
 import diffusion_lib.checkpoints as checkpoints
 import diffusion_lib.engine as train_module
-import diffusion_lib.train as train_cli
-from diffusion_lib import artifacts, data
+from diffusion_lib import data
 from diffusion_lib.engine import build_unet, epoch_batches, null_label_mask, train, warmup_cosine_learning_rate
 from diffusion_lib.experiments import EXPERIMENTS, judge
 from diffusion_lib.models.unet import UNet
 from diffusion_lib.train import parse_config
-from diffusion_lib.train_config import TrainConfig, run_folder
+from diffusion_lib.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,6 @@ def traced_run(tmp_path_factory, tiny_config):
 
 def initial_weights(config):
     """The U-Net's weights at the start of the run: the engine seeds the global generator with config.seed first."""
-    from diffusion_lib.models.unet import UNet
 
     torch.manual_seed(config.seed)
     net = UNet(image_channels=1, image_size=8, **config.model_kwargs())
@@ -491,48 +490,6 @@ def test_a_fresh_run_folder_holds_checkpoint_ema_history_and_a_grid(tmp_path, ti
     assert grid.size == (8 * (8 + 2) + 2,) * 2  # 64 images of 8 x 8 in 8 rows and columns, 2 pixels apart
 
 
-def test_the_run_folder_is_named_by_the_data_set_and_a_hash_of_the_defining_settings(tmp_path, monkeypatch,
-                                                                                      tiny_training):  # fmt: skip
-    monkeypatch.chdir(tmp_path)
-    config = TrainConfig(**tiny_training)
-    assert config.out is None
-    folder = run_folder(config)
-    assert folder.parent == Path("runs") and re.fullmatch(r"digits-[0-9a-f]{8}", folder.name)
-
-    not_defining = dict(root="elsewhere", device="cuda", compile=True, workers=0, log_every=7, checkpoint_every=3,
-                        sample_every=1, sample_steps=9, time_budget=60.0)  # fmt: skip
-    same = [
-        dataclasses.replace(config, steps=60),  # the length of training is left out
-        dataclasses.replace(config, steps=None, epochs=2),
-        dataclasses.replace(config, class_dropout=0.5),  # an unconditional run ignores it
-        dataclasses.replace(config, **not_defining),
-    ]
-    assert [run_folder(other) for other in same] == [folder] * len(same)
-    others = [
-        dataclasses.replace(config, lr=1e-3),
-        dataclasses.replace(config, channels=16),
-        dataclasses.replace(config, seed=1),
-        dataclasses.replace(config, bf16=True),
-        dataclasses.replace(config, conditional=True),
-        dataclasses.replace(config, conditional=True, class_dropout=0.5),  # a conditional run does not
-    ]
-    names = [run_folder(other) for other in others]
-    assert len(set(names)) == len(others) and folder not in names
-    assert all(name.parent == Path("runs") and re.fullmatch(r"digits-[0-9a-f]{8}", name.name) for name in names)
-    assert run_folder(dataclasses.replace(config, dataset="mnist")).name.startswith("mnist-")
-    in_folder = run_folder(dataclasses.replace(config, dataset="folder:/data/my faces", image_size=8))
-    assert in_folder.parent == Path("runs") and re.fullmatch(r"folder-data-my-faces-[0-9a-f]{8}", in_folder.name)
-    in_parent = run_folder(dataclasses.replace(config, dataset="folder:../images/", image_size=8))
-    assert re.fullmatch(r"folder-images-[0-9a-f]{8}", in_parent.name)  # one folder, not a path
-    assert run_folder(dataclasses.replace(config, out="mine/run")) == Path("mine/run")
-
-    summary = train(config)
-    assert summary["out"] == str(folder) and summary["complete"]
-    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == [folder.name]
-    written = {path.name for path in (tmp_path / folder).iterdir()}
-    assert {"checkpoint.safetensors", "ema.safetensors", "history.json"} <= written
-
-
 def test_a_finished_run_is_complete_and_trained_longer_exactly(tmp_path, monkeypatch, capsys, config):
     """Asking a finished run for more steps continues it. With every step in the warm-up (whose learning rate does not
     depend on the run's length), 6 steps and then 3 more equal 9 uninterrupted steps bit for bit."""
@@ -594,129 +551,6 @@ def test_an_existing_run_folder_refuses_other_defining_settings(tmp_path, config
         train(config(stopped, steps=9))
 
 
-PROGRAM = "python -m diffusion_lib.train"
-BAD_OPTIONS = {
-    "--steps 0": "argument --steps: must be a positive integer, got 0",
-    "--steps -1": "argument --steps: must be a positive integer, got -1",
-    "--steps 5 --lr -1": "argument --lr: must be a number > 0, got -1",
-    "--steps 5 --channel-mults 1,0": (
-        "argument --channel-mults: must be one or more positive integers, separated by commas, got 1,0"
-    ),
-    "--steps 5 --class-dropout 1.5": "argument --class-dropout: must be a number in [0, 1], got 1.5",
-    "--steps 5 --dataset imagenet": (
-        "argument --dataset: must be one of mnist, cifar10, celeba, digits, folder:PATH, got imagenet"
-    ),
-    "--steps 5 --ema-decay 1": "argument --ema-decay: must be a number in [0, 1), got 1",
-    "--steps 5 --prediction score": "argument --prediction: must be one of eps, x0, v, got score",
-    "--steps 5 --epochs 2": "argument --steps: must be set if and only if --epochs is not, got 5",
-    "--steps 5 --schedule quadratic": "argument --schedule: must be one of linear, cosine, got quadratic",
-    "--steps 5 --batch_size 0": "argument --batch_size: must be a positive integer, got 0",  # the spelling given
-    "--steps 5 --dataset folder:/tmp": (
-        "argument --image-size: must be a positive integer for folder:PATH data sets, got None"
-    ),
-}
-
-
-def error_line(stderr):
-    """The one error line of an argparse failure: the usage (wrapped over indented lines), then exactly one line."""
-    assert "Traceback" not in stderr
-    lines = stderr.splitlines()
-    assert lines[0].startswith(f"usage: {PROGRAM} ")
-    assert all(line.startswith(" ") for line in lines[1:-1]), stderr  # only the usage's continuation lines
-    assert lines[-1].startswith(f"{PROGRAM}: error: "), stderr
-    return lines[-1].removeprefix(f"{PROGRAM}: error: ")
-
-
-@pytest.fixture
-def invoked_as_module(monkeypatch):
-    """sys.argv[0] as `python -m diffusion_lib.train` sets it, so that the program is named as in a shell."""
-    monkeypatch.setattr(sys, "argv", [str(REPO / "diffusion_lib" / "train.py")])
-
-
-@pytest.mark.parametrize("options", list(BAD_OPTIONS))
-def test_a_bad_option_exits_2_with_one_line_naming_it(options, invoked_as_module, capsys):
-    with pytest.raises(SystemExit) as exit:
-        train_cli.main(options.split())
-    assert exit.value.code == 2
-    captured = capsys.readouterr()
-    assert captured.out == "" and error_line(captured.err) == BAD_OPTIONS[options]
-
-
-def write_images(folder, n, seed=0):
-    """n random 8 x 8 RGB PNG files in folder."""
-    from PIL import Image
-
-    folder.mkdir(parents=True)
-    pixels = torch.randint(0, 256, (n, 8, 8, 3), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
-    for i, image in enumerate(pixels.numpy()):
-        Image.fromarray(image).save(folder / f"{i:03d}.png")
-    return folder
-
-
-def test_an_error_found_while_training_is_one_line_too(tmp_path, invoked_as_module, capsys):
-    nowhere, unlabelled = tmp_path / "nowhere", write_images(tmp_path / "unlabelled", 16)
-    cases = {
-        ("--root", str(nowhere)): ["MNIST not found:", f"{nowhere.resolve()}/MNIST/raw lacks train-images-idx3-ubyte"],
-        ("--dataset", f"folder:{nowhere}", "--image-size", "8"): [f"image folder not found: {nowhere.resolve()}"],
-        ("--dataset", "digits", "--batch-size", "2000"): ["batch_size (2000) exceeds the data set's size (1500)"],
-        ("--dataset", f"folder:{unlabelled}", "--image-size", "8", "--batch-size", "8", "--conditional"): [
-            "this data set carries no class labels, so it cannot train a conditional model"
-        ],
-    }
-    for options, fragments in cases.items():
-        out = tmp_path / "out"
-        with pytest.raises(SystemExit) as exit:
-            train_cli.main(["--steps", "5", "--device", "cpu", "--out", str(out), *options])
-        assert exit.value.code == 2
-        message = error_line(capsys.readouterr().err)
-        assert all(fragment in message for fragment in fragments), (options, message)
-        assert not out.exists()  # nothing was written
-
-
-def test_the_help_shows_the_option_groups_and_the_program_as_invoked(monkeypatch):
-    monkeypatch.setattr(sys, "argv", [str(REPO / "diffusion_lib" / "train.py")])
-    text = train_cli.build_parser().format_help()
-    assert text.startswith(f"usage: {PROGRAM} [-h]")
-    for title in ("data", "model", "the diffusion process", "optimisation", "hardware", "output and stopping"):
-        assert f"\n{title}:\n" in text
-    assert "--batch-size BATCH_SIZE" in text and "--batch_size" not in text  # the underscore spelling is hidden
-    assert "[128]" in text and "[1,2,2]" in text  # defaults, tuples as typed
-    monkeypatch.setattr(sys, "argv", ["/somewhere/bin/diffusion-train"])
-    assert train_cli.build_parser().format_help().startswith("usage: diffusion-train [-h]")
-
-
-def test_the_command_line_reports_errors_in_one_line_and_shows_its_help(tmp_path):
-    """The same as a subprocess: exit code 2 and one error line (an option's, then one found while training) with no
-    traceback, and --help. The three commands run side by side."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    nowhere, out = str(tmp_path / "nowhere"), str(tmp_path / "out")
-    commands = {
-        "bad option": ["--steps", "5", "--ema-decay", "1"],
-        "missing data": ["--steps", "5", "--device", "cpu", "--root", nowhere, "--out", out],
-        "help": ["--help"],
-    }
-
-    def start(options):
-        command = [sys.executable, "-m", "diffusion_lib.train", *options]
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    running = {name: start(options) for name, options in commands.items()}
-    results = {name: (process.communicate(timeout=120), process.returncode) for name, process in running.items()}
-
-    (stdout, stderr), code = results["bad option"]
-    assert code == 2 and stdout == ""
-    assert error_line(stderr) == "argument --ema-decay: must be a number in [0, 1), got 1"
-    (stdout, stderr), code = results["missing data"]
-    assert code == 2 and stdout == ""
-    assert error_line(stderr).startswith(f"MNIST not found: {Path(nowhere).resolve()}/MNIST/raw lacks ")
-    assert not Path(out).exists()
-    (stdout, stderr), code = results["help"]
-    assert code == 0 and stderr == ""
-    assert stdout.startswith(f"usage: {PROGRAM} [-h]")
-    for title in ("data", "model", "the diffusion process", "optimisation", "hardware", "output and stopping"):
-        assert f"\n{title}:\n" in stdout
-
-
 def test_null_label_mask_drops_labels_at_the_configured_rate_reproducibly():
     n = 20_000
     for rate in (0.1, 0.5):
@@ -776,38 +610,6 @@ def test_conditional_training_drops_labels_and_resumes_exactly(tmp_path, monkeyp
         train(config(reference, conditional=True, class_dropout=0.2))
 
 
-def test_the_unet_rejects_labels_of_the_wrong_shape_type_or_range():
-    torch.manual_seed(0)
-    net = UNet(image_channels=1, image_size=8, channels=8, channel_mults=(1, 2), attention_resolutions=(4,),
-               num_classes=10).eval()  # fmt: skip
-    with torch.no_grad():  # perturb the zero-initialised layers, through which the label would not reach the output
-        for parameter in net.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 7])
-    wrong = {
-        "shape": (torch.tensor([[1], [2]]), "got torch.int64 (2, 1)"),
-        "length": (torch.tensor([1, 2, 3]), "got torch.int64 (3,)"),
-        "float": (torch.tensor([1.0, 2.0]), "got torch.float32 (2,)"),
-        "bool": (torch.tensor([True, False]), "got torch.bool (2,)"),
-        "uint8": (torch.tensor([1, 2], dtype=torch.uint8), "got torch.uint8 (2,)"),
-    }
-    for y, got in wrong.values():
-        expected = f"labels y must be an int64 or int32 tensor of shape (2,), {got}"
-        with pytest.raises(ValueError, match=re.escape(expected)):
-            net(x, t, y)
-    for bad in (-1, 11):
-        with pytest.raises(ValueError, match=re.escape(f"label {bad} out of range: allowed 0..9, or 10 for the null")):
-            net(x, t, torch.tensor([3, bad]))
-    with torch.no_grad():
-        null = net(x, t)  # no labels: the null label
-        assert torch.equal(net(x, t, torch.tensor([10, 10])), null)
-        assert torch.equal(net(x, t, torch.tensor([0, 9], dtype=torch.int32)), net(x, t, torch.tensor([0, 9])))
-        assert not torch.allclose(net(x, t, torch.tensor([0, 9])), null)
-    unconditional = UNet(image_channels=1, image_size=8, channels=8, channel_mults=(1, 2), attention_resolutions=(4,))
-    with pytest.raises(ValueError, match=re.escape("this UNet is unconditional (num_classes=None) but got labels y")):
-        unconditional(x, t, torch.tensor([1, 2]))
-
-
 def test_conditional_training_needs_a_data_set_with_labels(tmp_path, tiny_config):
     unlabelled, out = write_images(tmp_path / "unlabelled", 16), tmp_path / "out"
     config = tiny_config(out, dataset=f"folder:{unlabelled}", image_size=8, conditional=True)
@@ -818,34 +620,6 @@ def test_conditional_training_needs_a_data_set_with_labels(tmp_path, tiny_config
     write_images(tmp_path / "classes" / "cats", 2)
     write_images(tmp_path / "classes" / "dogs", 2, seed=1)
     assert data.num_classes(data.image_dataset(f"folder:{tmp_path / 'classes'}", image_size=8)) == 2
-
-
-def test_the_sampling_command_writes_a_grid_tensors_and_settings(run_a, tmp_path):
-    out = tmp_path / "samples"
-    options = [str(run_a), "--n", "4", "--sampler", "ddim", "--steps", "5", "--out", str(out), "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    result = subprocess.run([sys.executable, "-m", "diffusion_lib.generate", *options], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    grid = str(out / "samples.png")
-    assert json.loads(result.stdout.splitlines()[-1]) == {"images": 4, "out": str(out), "grid": grid}
-    assert sorted(path.name for path in out.iterdir()) == ["samples.png", "samples.safetensors", "settings.json"]
-
-    stored = load_file(out / "samples.safetensors")
-    assert stored.keys() == {"images"}
-    images = stored["images"]
-    assert images.shape == (4, 1, 8, 8) and images.dtype == torch.float32
-    assert images.min() >= -1 and images.max() <= 1 and images.std() > 0
-    # the images the library draws from the run folder with the same options (the default seed 0)
-    expected = artifacts.load_run(run_a).sample(4, sampler="ddim", steps=5, seed=0, device="cpu")
-    torch.testing.assert_close(images, expected)
-
-    settings = json.loads((out / "settings.json").read_text())
-    assert settings == {"source": str(run_a), "label": None, "guidance_scale": None, "n": 4, "sampler": "ddim",
-                        "steps": 5, "seed": 0, "device": "cpu", "eta": 0.0, "clip_x0": False}  # fmt: skip
-    from PIL import Image
-
-    assert Image.open(out / "samples.png").size == (2 * (8 + 2) + 2,) * 2  # 2 x 2 images of 8 x 8, 2 pixels apart
 
 
 @pytest.mark.parametrize("name", ["mnist-classifier", "mnist-noisy-classifier"])
@@ -890,22 +664,6 @@ def test_a_classifier_build_stops_at_its_time_budget_and_resumes_exactly(name, t
     found, expected = (json.loads((path / "metrics.json").read_text()) for path in (stopped, whole))
     assert found == expected and len(found["epoch_losses"]) == 2
     assert finished["final_loss"] == uninterrupted["final_loss"] == found["epoch_losses"][-1]
-
-
-def test_the_sampling_command_names_only_the_stored_diffusion_models(capsys):
-    from diffusion_lib import generate
-
-    assert generate.DIFFUSION_MODELS == ["mnist-ddpm", "mnist-cfg"]
-    with pytest.raises(SystemExit) as stopped:
-        generate.main(["mnist-classifier", "--n", "2"])
-    assert stopped.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "'mnist-classifier' is neither a stored diffusion model (mnist-ddpm, mnist-cfg) nor a run folder" in error
-    with pytest.raises(SystemExit) as stopped:
-        generate.main(["mnist-cfg", "--n", "2", "--guidance-scale", "3"])
-    assert stopped.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.endswith("argument --guidance-scale: needs --label, the class to steer towards")
 
 
 def test_data_loader_batches_are_the_in_memory_batches():

@@ -1,7 +1,11 @@
-"""The sampling command: its sampler flags come from the registry, each option goes to the samplers that declare it
-and no other, and what it wrote names the options the sampler took."""
+"""The sampling command (generate.py): what it writes, as a subprocess; its sampler flags come from the registry, each
+option goes to the samplers that declare it and no other, and what it wrote names the options the sampler took."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +14,8 @@ from safetensors.torch import load_file
 from diffusion_lib import artifacts, generate
 from diffusion_lib.engine import train
 from diffusion_lib.sampling import SAMPLERS
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +74,45 @@ def test_the_options_reach_the_sampler_and_the_settings(run, tmp_path, flags, ta
     assert not {"eta", "variance", "clip_x0"} - set(taken) & set(settings)  # no option the sampler does not take
     expected = artifacts.load_run(run).sample(3, sampler=flags[1], steps=3, seed=4, **taken)
     torch.testing.assert_close(load_file(out / "samples.safetensors")["images"], expected)
+
+
+def test_the_sampling_command_writes_a_grid_tensors_and_settings(run, tmp_path):
+    out = tmp_path / "samples"
+    options = [str(run), "--n", "4", "--sampler", "ddim", "--steps", "5", "--out", str(out), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run([sys.executable, "-m", "diffusion_lib.generate", *options], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    grid = str(out / "samples.png")
+    assert json.loads(result.stdout.splitlines()[-1]) == {"images": 4, "out": str(out), "grid": grid}
+    assert sorted(path.name for path in out.iterdir()) == ["samples.png", "samples.safetensors", "settings.json"]
+
+    stored = load_file(out / "samples.safetensors")
+    assert stored.keys() == {"images"}
+    images = stored["images"]
+    assert images.shape == (4, 1, 8, 8) and images.dtype == torch.float32
+    assert images.min() >= -1 and images.max() <= 1 and images.std() > 0
+    # the images the library draws from the run folder with the same options (the default seed 0)
+    expected = artifacts.load_run(run).sample(4, sampler="ddim", steps=5, seed=0, device="cpu")
+    torch.testing.assert_close(images, expected)
+
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings == {"source": str(run), "label": None, "guidance_scale": None, "n": 4, "sampler": "ddim",
+                        "steps": 5, "seed": 0, "device": "cpu", "eta": 0.0, "clip_x0": False}  # fmt: skip
+    from PIL import Image
+
+    assert Image.open(out / "samples.png").size == (2 * (8 + 2) + 2,) * 2  # 2 x 2 images of 8 x 8, 2 pixels apart
+
+
+def test_the_sampling_command_names_only_the_stored_diffusion_models(capsys):
+    assert generate.DIFFUSION_MODELS == ["mnist-ddpm", "mnist-cfg"]
+    with pytest.raises(SystemExit) as stopped:
+        generate.main(["mnist-classifier", "--n", "2"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "'mnist-classifier' is neither a stored diffusion model (mnist-ddpm, mnist-cfg) nor a run folder" in error
+    with pytest.raises(SystemExit) as stopped:
+        generate.main(["mnist-cfg", "--n", "2", "--guidance-scale", "3"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith("argument --guidance-scale: needs --label, the class to steer towards")

@@ -327,3 +327,35 @@ def test_parameter_count_matches_a_layer_by_layer_sum():
     assert count(net.output) == head
     # A class embedding adds (num_classes + 1) rows of the embedding width.
     assert count(UNet(num_classes=10, **SMALL_ATTENTION)) == total + 11 * e
+
+
+def test_the_unet_rejects_labels_of_the_wrong_shape_type_or_range():
+    torch.manual_seed(0)
+    net = UNet(image_channels=1, image_size=8, channels=8, channel_mults=(1, 2), attention_resolutions=(4,),
+               num_classes=10).eval()  # fmt: skip
+    with torch.no_grad():  # perturb the zero-initialised layers, through which the label would not reach the output
+        for parameter in net.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 7])
+    wrong = {
+        "shape": (torch.tensor([[1], [2]]), "got torch.int64 (2, 1)"),
+        "length": (torch.tensor([1, 2, 3]), "got torch.int64 (3,)"),
+        "float": (torch.tensor([1.0, 2.0]), "got torch.float32 (2,)"),
+        "bool": (torch.tensor([True, False]), "got torch.bool (2,)"),
+        "uint8": (torch.tensor([1, 2], dtype=torch.uint8), "got torch.uint8 (2,)"),
+    }
+    for y, got in wrong.values():
+        expected = f"labels y must be an int64 or int32 tensor of shape (2,), {got}"
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            net(x, t, y)
+    for bad in (-1, 11):
+        with pytest.raises(ValueError, match=re.escape(f"label {bad} out of range: allowed 0..9, or 10 for the null")):
+            net(x, t, torch.tensor([3, bad]))
+    with torch.no_grad():
+        null = net(x, t)  # no labels: the null label
+        assert torch.equal(net(x, t, torch.tensor([10, 10])), null)
+        assert torch.equal(net(x, t, torch.tensor([0, 9], dtype=torch.int32)), net(x, t, torch.tensor([0, 9])))
+        assert not torch.allclose(net(x, t, torch.tensor([0, 9])), null)
+    unconditional = UNet(image_channels=1, image_size=8, channels=8, channel_mults=(1, 2), attention_resolutions=(4,))
+    with pytest.raises(ValueError, match=re.escape("this UNet is unconditional (num_classes=None) but got labels y")):
+        unconditional(x, t, torch.tensor([1, 2]))
