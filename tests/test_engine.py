@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 
 import diffusion_lib.checkpoints as checkpoints
 import diffusion_lib.engine as train_module
-from diffusion_lib import data
+from diffusion_lib import data, resumable
 from diffusion_lib.engine import build_unet, epoch_batches, null_label_mask, train, warmup_cosine_learning_rate
 from diffusion_lib.experiments import EXPERIMENTS, judge
 from diffusion_lib.models.unet import UNet
@@ -642,7 +642,9 @@ def test_a_classifier_build_stops_at_its_time_budget_and_resumes_exactly(name, t
         return loss
 
     monkeypatch.setattr(judge, "classifier_epoch", counting)
-    monkeypatch.setattr(judge, "time", SimpleNamespace(perf_counter=lambda: float(epochs[0])))
+    clock = SimpleNamespace(perf_counter=lambda: float(epochs[0]))
+    monkeypatch.setattr(judge, "time", clock)
+    monkeypatch.setattr(resumable, "time", clock)  # the budget's clock
     cpu = torch.device("cpu")
     stopped, whole = tmp_path / "stopped", tmp_path / "whole"
 

@@ -23,7 +23,7 @@ def generalization_sweep(name, description, data, training, data_sources=()):
     the digits or draws 2-D points; ``data_sources`` adds the 2-D data's own functions)."""
     config = {"depth": 3, "schedule": "linear", "T": 1000, "seed": 0, **data, **training}
     sources = ("experiments/generalization.py", *MLP_TRAINING_SOURCES, *SAMPLING_SOURCES, "checkpoints.py",
-               "store.py:forget_other_runs", "data.py:digits", "data.py:as_tensors", "data.py:toy_data",
+               "store.py:forget_other_runs", "resumable.py", "data.py:digits", "data.py:as_tensors", "data.py:toy_data",
                *data_sources)  # fmt: skip
     return Experiment(name, description, config, later("generalization", "build_generalization"), None, sources)
 
@@ -94,7 +94,7 @@ EXPERIMENTS = {
             },
             later("ddpm", "build_ddpm"),
             later("ddpm", "make_unet"),
-            (*DIFFUSION_SOURCES, "inference.py", *EVALUATION_SOURCES),
+            (*DIFFUSION_SOURCES, "inference.py", "resumable.py", *EVALUATION_SOURCES),
             open=later("ddpm", "open_diffusion"),
             needs=("mnist-classifier",),
         ),
@@ -119,6 +119,7 @@ EXPERIMENTS = {
             None,
             (
                 "experiments/samplers.py",
+                "resumable.py",
                 *SAMPLING_SOURCES,
                 "inference.py",
                 "checkpoints.py",
@@ -189,6 +190,7 @@ EXPERIMENTS = {
             None,
             (
                 "experiments/guidance_sweep.py",
+                "resumable.py",
                 "guidance.py",
                 "inference.py",
                 *SAMPLING_SOURCES,
@@ -272,6 +274,7 @@ EXPERIMENTS = {
             None,
             (
                 "experiments/patch_machine.py",
+                "resumable.py:seeded_generator",
                 "optimal.py",
                 "metrics.py:r_squared",
                 *SAMPLING_SOURCES,

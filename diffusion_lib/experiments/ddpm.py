@@ -1,7 +1,6 @@
 """Diffusion models trained by the engine (chapter 6), their samples drawn in resumable chunks, and their evaluation."""
 
 import json
-import time
 
 import torch
 
@@ -10,6 +9,7 @@ from ..engine import TrainConfig, build_unet, train
 from ..evaluation import evaluate_samples
 from ..inference import inference_network
 from ..pipeline import Pipeline
+from ..resumable import TimeBudget, draw_in_chunks, seeded_generator
 from ..sampling import sample
 
 
@@ -34,7 +34,7 @@ def build_ddpm(experiment, folder, device, time_budget, needed):
 
     Returns None when the time budget ran out first; the next call continues.
     """
-    started = time.perf_counter()
+    budget = TimeBudget(time_budget)
     run = folder / "run"
     store.forget_other_runs(run, experiment.config)
     config = TrainConfig(
@@ -52,7 +52,7 @@ def build_ddpm(experiment, folder, device, time_budget, needed):
     eps_model, schedule = pipeline.model, pipeline.schedule.to(device)
 
     evaluation = experiment.config["evaluation"]
-    left = None if time_budget is None else max(0.0, time_budget - (time.perf_counter() - started))
+    left = budget.left()
     shape = tuple(summary["image_shape"])
     fast = inference_network(eps_model, device)
     samples, sampling_seconds = sample_in_chunks(fast, schedule, shape, evaluation, run, left)
@@ -86,26 +86,19 @@ def sample_in_chunks(eps_model, schedule, image_shape, evaluation, run, time_bud
     Returns (samples in [-1, 1] quantised to 8 bits, seconds spent sampling), or (None, None) when the time
     budget ran out first.
     """
-    started, device = time.perf_counter(), schedule.betas.device
-    chunks = range(evaluation["num_samples"] // evaluation["batch_size"])
-    for chunk in chunks:
-        file = run / f"samples_{chunk}.safetensors"
-        if file.exists():
-            continue
-        if time_budget is not None and time.perf_counter() - started > time_budget:
-            return None, None
-        chunk_started = time.perf_counter()
-        generator = torch.Generator(device).manual_seed(evaluation["seed"] * 1_000_003 + chunk)
-        shape = (evaluation["batch_size"], *image_shape)
-        x = sample(eps_model, schedule, shape, generator=generator, num_steps=evaluation["sampling_steps"],
-                   device=device)  # fmt: skip
-        pixels = data.to_bytes(x).cpu()  # waits for the device, so the time below is the sampling's
-        seconds = time.perf_counter() - chunk_started
-        checkpoints.save(file, {"samples": pixels}, {"seconds": seconds})
-        print(f"sampled chunk {chunk + 1}/{len(chunks)} in {seconds:.1f} s", flush=True)
-    stored = [checkpoints.load(run / f"samples_{chunk}.safetensors") for chunk in chunks]
-    samples = torch.cat([tensors["samples"] for tensors, _ in stored])
-    return data.from_bytes(samples), sum(meta["seconds"] for _, meta in stored)
+    device = schedule.betas.device
+
+    def draw(row, chunk):
+        return sample(eps_model, schedule, (evaluation["batch_size"], *image_shape), device=device,
+                      generator=seeded_generator(evaluation["seed"], chunk, device),
+                      num_steps=evaluation["sampling_steps"])  # fmt: skip
+
+    chunks = evaluation["num_samples"] // evaluation["batch_size"]
+    drawn = draw_in_chunks(run, ["samples"], chunks, draw, time_budget)
+    if drawn is None:
+        return None, None
+    samples, seconds = drawn["samples"]
+    return data.from_bytes(samples), seconds
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from .. import checkpoints, data, store
 from ..fit import fit
 from ..losses import denoising_loss
 from ..models.mlp import MLPDenoiser
+from ..resumable import TimeBudget
 from ..sampling import sample
 from ..schedules import NoiseSchedule
 
@@ -61,7 +62,7 @@ def sweep_sizes(points, test, schedule, config, run=None, time_budget=None, prog
     2)}, or None when the time budget ran out first. With ``run`` (a folder) each finished model is saved there and
     skipped when the sweep is run again.
     """
-    started = time.perf_counter()
+    budget = TimeBudget(time_budget)
     halves = torch.stack(disjoint_halves(len(points), config["seed"]))
     x_T = torch.randn(config["samples"], points.shape[1], generator=torch.Generator().manual_seed(config["seed"]))
     found = []
@@ -71,7 +72,7 @@ def sweep_sizes(points, test, schedule, config, run=None, time_budget=None, prog
             if file is not None and file.exists():
                 found.append(checkpoints.load(file))
                 continue
-            if time_budget is not None and time.perf_counter() - started > time_budget:
+            if budget.spent():
                 return None
             model_started = time.perf_counter()
             training = points[halves[half, :size]]

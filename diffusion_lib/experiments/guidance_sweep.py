@@ -7,13 +7,12 @@ every digit from the same x_T with DDIM (eta 0), chunk by chunk (each chunk save
 images are stored as bytes beside the requested labels, and the judge's agreement with them.
 """
 
-import time
-
 import torch
 
-from .. import checkpoints, data, metrics, store
+from .. import data, metrics, store
 from ..guidance import classifier_free, classifier_guided, limited_interval
 from ..inference import inference_network
+from ..resumable import TimeBudget, draw_in_chunks, seeded_generator
 from ..sampling import sample
 from ..schedules import NoiseSchedule
 
@@ -44,7 +43,7 @@ def guided_model(setting, config, conditional, classifier, schedule, labels):
 def build_guidance_sweep(experiment, folder, device, time_budget, needed):
     """Draw every setting chunk by chunk into folder/run, then store the images, labels and judge's agreement.
     Returns the meta, or None when the time budget ran out first."""
-    config, started = experiment.config, time.perf_counter()
+    config, budget = experiment.config, TimeBudget(time_budget)
     cfg, noisy = needed["mnist-cfg"], needed["mnist-noisy-classifier"]
     classifier_schedule = NoiseSchedule.named(noisy.meta["config"]["schedule"], T=noisy.meta["config"]["T"])
     if not torch.equal(classifier_schedule.alpha_bars, cfg.schedule.alpha_bars):
@@ -56,40 +55,32 @@ def build_guidance_sweep(experiment, folder, device, time_budget, needed):
     schedule = cfg.schedule.to(device)
     chunk_size = config["chunk_per_class"] * cfg.meta["num_classes"]
     labels = torch.arange(cfg.meta["num_classes"], device=device).repeat_interleave(config["chunk_per_class"])
-    chunks = range(per_class(config, device) // config["chunk_per_class"])
-    for chunk in chunks:
-        for setting in setting_names(config):
-            file = run / f"{setting}_{chunk}.safetensors"
-            if file.exists():
-                continue
-            if time_budget is not None and time.perf_counter() - started > time_budget:
-                print(f"{experiment.name}: not finished; run the build again", flush=True)
-                return None
-            generator = torch.Generator(device).manual_seed(config["seed"] * 1_000_003 + chunk)
-            x_T = torch.randn((chunk_size, *cfg.image_shape), generator=generator, device=device)
-            model = guided_model(setting, config, conditional, classifier, schedule, labels)
-            chunk_started = time.perf_counter()
-            x = sample(model, schedule, x_T.shape, x_T=x_T, sampler="ddim", num_steps=config["sampling_steps"])
-            pixels = data.to_bytes(x).cpu()  # waits for the device, so the time below is the sampling's
-            seconds = time.perf_counter() - chunk_started
-            checkpoints.save(file, {"samples": pixels}, {"seconds": seconds})
-            print(f"{setting} chunk {chunk + 1}/{len(chunks)}: {seconds:.1f} s", flush=True)
+    chunks = per_class(config, device) // config["chunk_per_class"]
+
+    def draw(setting, chunk):
+        generator = seeded_generator(config["seed"], chunk, device)
+        x_T = torch.randn((chunk_size, *cfg.image_shape), generator=generator, device=device)
+        model = guided_model(setting, config, conditional, classifier, schedule, labels)
+        return sample(model, schedule, x_T.shape, x_T=x_T, sampler="ddim", num_steps=config["sampling_steps"])
+
+    drawn = draw_in_chunks(run, setting_names(config), chunks, draw, budget.left())
+    if drawn is None:
+        print(f"{experiment.name}: not finished; run the build again", flush=True)
+        return None
 
     judge = needed["mnist-classifier"].model.to(device)
-    requested = labels.repeat(len(chunks))
+    requested = labels.repeat(chunks)
     images, found, seconds = {}, {}, 0.0
-    for setting in setting_names(config):
-        stored = [checkpoints.load(run / f"{setting}_{chunk}.safetensors") for chunk in chunks]
-        images[setting] = torch.cat([tensors["samples"] for tensors, _ in stored])
-        setting_seconds = sum(meta["seconds"] for _, meta in stored)
-        probabilities = metrics.classify(judge, data.from_bytes(images[setting]).to(device))[1]
+    for setting, (pixels, setting_seconds) in drawn.items():
+        images[setting] = pixels
+        probabilities = metrics.classify(judge, data.from_bytes(pixels).to(device))[1]
         found[setting] = {
             "agreement": (probabilities.argmax(dim=1) == requested).double().mean().item(),
             "seconds_per_image": setting_seconds / len(requested),
         }
         seconds += setting_seconds
     store.save_tensors(folder, "samples.safetensors", {**images, "labels": requested.cpu()})
-    images_per_class = len(chunks) * config["chunk_per_class"]
+    images_per_class = chunks * config["chunk_per_class"]
     store.save_json(folder, "metrics.json", {"settings": found, "images_per_class": images_per_class})
     agreements = ", ".join(f"{setting} {row['agreement']:.3f}" for setting, row in found.items())
     print(f"{experiment.name}: the judge's agreement with the requested digit: {agreements}", flush=True)

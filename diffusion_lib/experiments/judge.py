@@ -8,6 +8,7 @@ from tqdm import tqdm
 from .. import checkpoints, data, metrics, store
 from ..fit import classifier_epoch
 from ..models.classifier import Classifier
+from ..resumable import TimeBudget
 
 
 def make_classifier(experiment, meta):
@@ -66,7 +67,7 @@ def fit_epochs(experiment, run, model, trained, examples, generator, device, tim
     it cleanly and the next call continues. ``trained`` is model itself, or a wrapper that feeds it (one that noises
     its inputs). Returns (the epochs' mean losses, seconds of the finished epochs), or None when the budget ran out.
     """
-    config, started = experiment.config, time.perf_counter()
+    config, budget = experiment.config, TimeBudget(time_budget)
     store.forget_other_runs(run, config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     losses, seconds = [], 0.0
@@ -76,14 +77,14 @@ def fit_epochs(experiment, run, model, trained, examples, generator, device, tim
     epochs = config["epochs"]
     progress = tqdm(total=epochs, initial=len(losses), desc=experiment.name, unit="epoch")
     while len(losses) < epochs:
-        if time_budget is not None and time.perf_counter() - started > time_budget:
+        if budget.spent():
             progress.close()
             print(f"{experiment.name}: trained {len(losses)}/{epochs} epochs; run the build again", flush=True)
             return None
         trained.train()
         losses.append(classifier_epoch(trained, optimizer, *examples, len(losses), epochs, config["batch_size"],
                                        config["lr"], generator))  # fmt: skip
-        _save(checkpoint, model, optimizer, generator, losses, seconds + time.perf_counter() - started, device)
+        _save(checkpoint, model, optimizer, generator, losses, seconds + budget.elapsed(), device)
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
         progress.update(1)
     progress.close()

@@ -19,6 +19,7 @@ from .. import data, store
 from ..metrics import r_squared
 from ..optimal import EmpiricalDenoiser, PatchDenoiser
 from ..parameterization import x0_from_eps
+from ..resumable import seeded_generator
 from ..sampling import sample
 
 # Below this r^2 no patch size explains even half of the network's estimate: the machine then uses its largest size.
@@ -27,7 +28,7 @@ AGREEMENT_NEEDED = 0.5
 
 def calibration_noise(config, index, shape):
     """The noise of calibration step number `index`: its own seeded generator, so a step can be recomputed alone."""
-    return torch.randn(shape, generator=torch.Generator().manual_seed(config["seed"] * 1_000_003 + index))
+    return torch.randn(shape, generator=seeded_generator(config["seed"], index))
 
 
 @torch.no_grad()

@@ -11,8 +11,9 @@ import time
 
 import torch
 
-from .. import checkpoints, data, metrics, store
+from .. import data, metrics, store
 from ..inference import inference_network
+from ..resumable import TimeBudget, draw_in_chunks, seeded_generator
 from ..sampling import sample
 
 
@@ -28,7 +29,7 @@ def num_samples(config, device):
 
 def noises(config, chunk, device):
     """The x_T of a chunk, the same for every row, and a generator for the samplers that draw noise."""
-    generator = torch.Generator(device).manual_seed(config["seed"] * 1_000_003 + chunk)
+    generator = seeded_generator(config["seed"], chunk, device)
     x_T = torch.randn((config["batch_size"], 1, 28, 28), generator=generator, device=device)
     return x_T, generator
 
@@ -42,30 +43,18 @@ def warm_up(model, config, device):
 
 def draw_rows(model, schedule, config, run, device, n, time_budget):
     """Draw every row chunk by chunk into run/; returns {row: (uint8 images, seconds)} or None when out of time."""
-    started = time.perf_counter()
+    budget = TimeBudget(time_budget)
     warm_up(model, config, device)
-    chunks = range(n // config["batch_size"])
-    for chunk in chunks:
-        for name, options in config["samplers"].items():
-            for steps in config["steps"]:
-                file = run / f"{name}-{steps}_{chunk}.safetensors"
-                if file.exists():
-                    continue
-                if time_budget is not None and time.perf_counter() - started > time_budget:
-                    return None
-                x_T, generator = noises(config, chunk, device)
-                chunk_started = time.perf_counter()
-                with torch.inference_mode():
-                    x = sample(model, schedule, x_T.shape, x_T=x_T, generator=generator, num_steps=steps, **options)
-                pixels = data.to_bytes(x).cpu()
-                seconds = time.perf_counter() - chunk_started
-                checkpoints.save(file, {"samples": pixels}, {"seconds": seconds})
-                print(f"chunk {chunk + 1}/{len(chunks)} {name}-{steps}: {seconds:.1f} s", flush=True)
-    rows = {}
-    for row in row_names(config):
-        stored = [checkpoints.load(run / f"{row}_{chunk}.safetensors") for chunk in chunks]
-        rows[row] = torch.cat([t["samples"] for t, _ in stored]), sum(meta["seconds"] for _, meta in stored)
-    return rows
+    settings = {f"{name}-{steps}": (options, steps) for name, options in config["samplers"].items()
+                for steps in config["steps"]}  # fmt: skip
+
+    def draw(row, chunk):
+        options, steps = settings[row]
+        x_T, generator = noises(config, chunk, device)
+        with torch.inference_mode():
+            return sample(model, schedule, x_T.shape, x_T=x_T, generator=generator, num_steps=steps, **options)
+
+    return draw_in_chunks(run, row_names(config), n // config["batch_size"], draw, budget.left())
 
 
 def measure(features, probabilities, test_features, test_classes):

@@ -30,6 +30,7 @@ CLASSIFIER_TRAINING_SOURCES = (
     "experiments/judge.py:_save",
     "experiments/judge.py:_resume",
     "store.py:forget_other_runs",
+    "resumable.py:TimeBudget",
     "checkpoints.py",
     "data.py:mnist",
     "data.py:mnist_images",
