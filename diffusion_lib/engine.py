@@ -8,6 +8,10 @@ weights, the EMA, the optimizer's moments and the global generators (which
 dropout draws from). Under ``torchrun`` it trains with DistributedDataParallel,
 each process taking its share of the same global batch.
 
+A run folder holds checkpoint.safetensors, ema.safetensors (the EMA weights,
+with the config, image shape and number of classes), history.json (the loss
+every ``log_every`` steps) and, every ``sample_every`` epochs, a grid
+samples_epoch_N.png drawn by the EMA network with ``sample_steps`` steps.
 Its command line is :mod:`diffusion_lib.train`.
 """
 
@@ -22,6 +26,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import checkpoints, data
+from .distributed import Process
 from .fit import cosine_learning_rate, optimisation_step
 from .losses import denoising_loss
 from .models.unet import UNet
@@ -82,39 +87,6 @@ def null_label_mask(config, step, batch_size, device):
     return torch.rand(batch_size, generator=generator, device=device) < config.class_dropout
 
 
-class Process:
-    """This process's place in a run: rank, number of processes and device (one process unless under torchrun)."""
-
-    def __init__(self, device):
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.world_size > 1:
-            if device.type == "cuda":
-                device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-                torch.cuda.set_device(device)
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        self.device = device
-
-    @property
-    def main(self):
-        return self.rank == 0
-
-    def agree(self, decision):
-        """Process 0's decision, shared by all, so that every process stops at the same step."""
-        if self.world_size == 1:
-            return decision
-        flag = torch.tensor([float(decision)], device=self.device)
-        dist.broadcast(flag, 0)
-        return bool(flag.item())
-
-    def share(self, indices):
-        """This process's contiguous slice of a global batch."""
-        size = len(indices) // self.world_size
-        return indices[self.rank * size : (self.rank + 1) * size]
-
-
 class LossLog:
     """The training curve: every log record, and the loss summed since the last one."""
 
@@ -169,43 +141,19 @@ def _check_sizes(config, dataset_size):
 def train(config):
     """Train (or resume, or extend) the run that config describes; returns a summary dict.
 
-    Stops when the planned steps are done or, cleanly and with a checkpoint,
-    when ``config.time_budget`` seconds have passed; calling it again with the
-    same config continues. A finished run may be trained longer by asking for
-    more steps or epochs (the learning rate then follows the longer schedule
-    from where the run stopped); any other change of a defining setting is
-    refused, naming the fields that differ. Writes to the run folder
-    (:func:`~diffusion_lib.train_config.run_folder`): checkpoint.safetensors,
-    ema.safetensors (the EMA weights, with the config, image shape and number
-    of classes), history.json (the loss every ``log_every`` steps) and, every
-    ``sample_every`` epochs, a grid samples_epoch_N.png drawn by the EMA
-    network with ``sample_steps`` steps.
+    Stops when the planned steps are done or, cleanly and with a checkpoint, when ``config.time_budget`` seconds
+    have passed; calling it again with the same config continues. A finished run may be trained longer by asking
+    for more steps or epochs (the learning rate then follows the longer schedule from where the run stopped); any
+    other change of a defining setting is refused, naming the fields that differ. What it writes to the run folder
+    (:func:`~diffusion_lib.train_config.run_folder`) is listed in the module's docstring.
     """
     check(config)
     process = Process(config.device)
     device, out = process.device, run_folder(config)
-    cuda = device.type == "cuda"
-    bf16 = cuda if config.bf16 is None else config.bf16
-    compiled = cuda if config.compile is None else config.compile
-
-    dataset = data.image_dataset(config.dataset, root=config.root, image_size=config.image_size)
-    _check_sizes(config, len(dataset))
-    num_classes = data.num_classes(dataset) if config.conditional else None
-    in_memory = None
-    if config.dataset in data.IN_MEMORY:
-        in_memory = tuple(tensor.to(device) for tensor in data.as_tensors(dataset))
-    image_shape = tuple(dataset[0][0].shape)
+    dataset, in_memory, image_shape, num_classes = _data(config, device)
     steps_per_epoch = len(dataset) // config.batch_size
     total_steps = config.steps or config.epochs * steps_per_epoch
-
-    torch.manual_seed(config.seed)  # the initial weights, and the dropout masks from here on
-    model = build_unet(config, image_shape, num_classes).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0, fused=cuda or None)
-    schedule = NoiseSchedule.named(config.schedule, T=config.T).to(device)
-
+    model, ema, optimizer, schedule = _networks(config, image_shape, num_classes, device)
     step, seconds, log = 0, 0.0, LossLog()
     if (out / "checkpoint.safetensors").exists():
         step, seconds, log = _resume(out / "checkpoint.safetensors", config, total_steps, model, ema, optimizer, device)
@@ -217,63 +165,102 @@ def train(config):
         return {**summary, "complete": True, "seconds": seconds, "final_loss": _final_loss(log)}
     out.mkdir(parents=True, exist_ok=True)
 
-    network = model
-    if process.world_size > 1:
-        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if cuda else None)
-    if compiled:
-        network = torch.compile(network, mode=config.compile_mode)
-
-    batches = _batches(dataset, in_memory, process, config, step)
+    network, batches = _wrapped(model, config, process), _batches(dataset, in_memory, process, config, step)
     quiet = {} if process.main else {"disable": True}  # on the main process, TQDM_DISABLE=1 may still silence it
     progress = tqdm(total=total_steps, initial=step, desc="training", unit="step", **quiet)
-    started = time.perf_counter()
-    stopped_early = False
+    started, stopped_early = time.perf_counter(), False
     model.train()
     while step < total_steps:
         if process.agree(config.time_budget is not None and time.perf_counter() - started > config.time_budget):
             stopped_early = True
             break
-        x0, labels = next(batches)
-        x0 = x0.contiguous(memory_format=torch.channels_last) if cuda else x0
-        t, eps = step_noise(config, step, (config.batch_size, *image_shape), device)
-        t, eps = process.share(t), process.share(eps)
-        if config.conditional:
-            dropped = process.share(null_label_mask(config, step, config.batch_size, device))
-            labels = torch.where(dropped, num_classes, labels)
-        else:
-            labels = None
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = denoising_loss(network, schedule, x0, t, eps, config.prediction, labels)
+        loss = _loss(network, schedule, config, process, next(batches), step, image_shape, num_classes)
         optimisation_step(optimizer, loss, warmup_cosine_learning_rate(config.lr, step, total_steps, config.warmup),
                           config.grad_clip)  # fmt: skip
         ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
         log.add(loss)
         step += 1
-
         if step % config.log_every == 0 or step == total_steps:
-            lr = optimizer.param_groups[0]["lr"]
-            record = log.record(step, lr, config.batch_size, seconds + time.perf_counter() - started)
+            record = log.record(step, optimizer.param_groups[0]["lr"], config.batch_size,
+                                seconds + time.perf_counter() - started)  # fmt: skip
             progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_second']:.0f}")
         progress.update(1)
         if process.main and step % config.checkpoint_every == 0:
             _save(out, config, total_steps, model, ema, optimizer, step, seconds + time.perf_counter() - started,
                   log, device)  # fmt: skip
         if process.main and config.sample_every and step % (config.sample_every * steps_per_epoch) == 0:
-            path = out / f"samples_epoch_{step // steps_per_epoch}.png"
-            _sample_grid(ema, config, image_shape, num_classes, path)
+            _sample_grid(ema, config, image_shape, num_classes, out / f"samples_epoch_{step // steps_per_epoch}.png")
     progress.close()
-
     seconds += time.perf_counter() - started
     if process.main:
-        _save(out, config, total_steps, model, ema, optimizer, step, seconds, log, device)
-        meta = {"config": dataclasses.asdict(config), "step": step, "image_shape": list(image_shape),
-                "num_classes": num_classes}  # fmt: skip
-        checkpoints.save(out / "ema.safetensors", ema.state_dict(), meta)
-        (out / "history.json").write_text(json.dumps(log.history, indent=1))
+        _finish(out, config, total_steps, model, ema, optimizer, step, seconds, log, device, image_shape, num_classes)
     if process.world_size > 1:
         dist.barrier()
     return {**summary, "steps": step, "complete": not stopped_early, "seconds": seconds,
             "final_loss": _final_loss(log)}  # fmt: skip
+
+
+def _data(config, device):
+    """The data set, its tensors on the device when it is held in memory (else None), the image shape and the
+    number of classes of a conditional run (else None)."""
+    dataset = data.image_dataset(config.dataset, root=config.root, image_size=config.image_size)
+    _check_sizes(config, len(dataset))
+    num_classes = data.num_classes(dataset) if config.conditional else None
+    in_memory = None
+    if config.dataset in data.IN_MEMORY:
+        in_memory = tuple(tensor.to(device) for tensor in data.as_tensors(dataset))
+    return dataset, in_memory, tuple(dataset[0][0].shape), num_classes
+
+
+def _networks(config, image_shape, num_classes, device):
+    """The U-Net (its initial weights from the seed), its EMA copy, AdamW and the noise schedule, on the device."""
+    cuda = device.type == "cuda"
+    torch.manual_seed(config.seed)  # the initial weights, and the dropout masks from here on
+    model = build_unet(config, image_shape, num_classes).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0, fused=cuda or None)
+    return model, ema, optimizer, NoiseSchedule.named(config.schedule, T=config.T).to(device)
+
+
+def _wrapped(model, config, process):
+    """The network the steps call: the model, in DistributedDataParallel under torchrun, compiled when asked (by
+    default on CUDA)."""
+    cuda, network = process.device.type == "cuda", model
+    if process.world_size > 1:
+        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[process.device] if cuda else None)
+    if cuda if config.compile is None else config.compile:
+        network = torch.compile(network, mode=config.compile_mode)
+    return network
+
+
+def _loss(network, schedule, config, process, batch, step, image_shape, num_classes):
+    """The denoising loss of this process's share of the global batch at a step: its (t, eps) and, in a
+    conditional run, its dropped labels are functions of (seed, step) (in bfloat16 autocast when asked, by default
+    on CUDA)."""
+    cuda = process.device.type == "cuda"
+    x0, labels = batch
+    x0 = x0.contiguous(memory_format=torch.channels_last) if cuda else x0
+    t, eps = step_noise(config, step, (config.batch_size, *image_shape), process.device)
+    t, eps = process.share(t), process.share(eps)
+    if config.conditional:
+        dropped = process.share(null_label_mask(config, step, config.batch_size, process.device))
+        labels = torch.where(dropped, num_classes, labels)
+    else:
+        labels = None
+    bf16 = cuda if config.bf16 is None else config.bf16
+    with torch.autocast(process.device.type, dtype=torch.bfloat16, enabled=bf16):
+        return denoising_loss(network, schedule, x0, t, eps, config.prediction, labels)
+
+
+def _finish(out, config, total_steps, model, ema, optimizer, step, seconds, log, device, image_shape, num_classes):
+    """The last checkpoint, the EMA weights with what is needed to sample from them, and the training curve."""
+    _save(out, config, total_steps, model, ema, optimizer, step, seconds, log, device)
+    meta = {"config": dataclasses.asdict(config), "step": step, "image_shape": list(image_shape),
+            "num_classes": num_classes}  # fmt: skip
+    checkpoints.save(out / "ema.safetensors", ema.state_dict(), meta)
+    (out / "history.json").write_text(json.dumps(log.history, indent=1))
 
 
 def _final_loss(log):

@@ -66,6 +66,7 @@ DIFFUSION_SOURCES = (
     "denoisers.py",
     "pipeline.py",
     "engine.py",
+    "distributed.py",
     "store.py:forget_other_runs",
     "fit.py:cosine_learning_rate",
     "fit.py:optimisation_step",
