@@ -164,9 +164,20 @@ def _remedy(name):
     )
 
 
-def build(name, device, time_budget=None):
-    """Build (or continue building) the named artifact and the ones it needs; returns True when complete."""
+def build(name, device, time_budget=None, force=False):
+    """Build (or continue building) the named artifact and the ones it needs; returns True when complete.
+
+    An artifact that is ok is left as it is unless ``force``; so is, with a ValueError, one built on a GPU that a
+    build on another device would replace (the CPU recipes are smaller, and the GPU ones would take days there).
+    """
     exp = experiment(name)
+    state, built_on = status(name)
+    if not force and state == "ok":
+        print(f"{name} is ok (built on {built_on}); nothing to do (--force rebuilds it)", flush=True)
+        return True
+    if not force and built_on == "cuda" and torch.device(device).type != "cuda":
+        raise ValueError(f"{name} was built on a GPU and is {state}; a build on {device} would replace it with a "
+                         f"{device} build: build it on a GPU, or pass --force")  # fmt: skip
     started = time.perf_counter()
     for needed in exp.needs:
         if status(needed)[0] == "missing" and not build(needed, device, time_budget):
@@ -189,13 +200,27 @@ def build(name, device, time_budget=None):
     return True
 
 
+def seconds(text):
+    """A time budget from the command line: a number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m diffusion_lib.artifacts", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     build_parser = commands.add_parser("build", help="build (or continue building) artifacts")
     build_parser.add_argument("names", nargs="+", choices=list(EXPERIMENTS))
-    build_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    build_parser.add_argument("--time-budget", type=float, default=None, help="seconds; stop cleanly after them")
+    build_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                              help="cpu, cuda or cuda:N [cuda if available]")  # fmt: skip
+    build_parser.add_argument("--time-budget", type=seconds, default=None, help="seconds; stop cleanly after them")
+    build_parser.add_argument("--force", action="store_true", help="rebuild an artifact that is ok, or a GPU-made "
+                              "one on another device")  # fmt: skip
     commands.add_parser("status", help="list the artifacts and whether each is missing, stale or ok")
     args = parser.parse_args(argv)
     if args.command == "status":
@@ -207,7 +232,11 @@ def main(argv=None):
     started = time.perf_counter()
     for name in args.names:
         left = None if args.time_budget is None else max(0.0, args.time_budget - (time.perf_counter() - started))
-        if not build(name, args.device, left):
+        try:
+            complete = build(name, args.device, left, args.force)
+        except ValueError as error:
+            build_parser.error(str(error))
+        if not complete:
             raise SystemExit(f"{name}: not finished within the time budget; run the same command again to continue")
 
 

@@ -5,8 +5,10 @@ python -m diffusion_lib.generate runs/digits-1a2b3c4d --n 16 --sampler ddpm --de
 """
 
 import argparse
+import errno
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -27,6 +29,16 @@ def positive_int(text):
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
     return value
 
 
@@ -60,8 +72,10 @@ def build_parser():
     source.add_argument("source", metavar="NAME_OR_RUN_FOLDER",
                         help=f"a stored model ({', '.join(DIFFUSION_MODELS)}) or a training run folder")  # fmt: skip
     source.add_argument("--label", type=int, default=None, help="class label for a conditional model [none]")
-    source.add_argument("--guidance-scale", type=float, default=None,
-                        help="classifier-free guidance with --label (1: the conditional model) [none]")  # fmt: skip
+    source.add_argument("--guidance-scale", type=finite_float, default=None, metavar="W",
+                        help="classifier-free guidance with --label: w = 1 is the conditional model, w > 1 "
+                             "strengthens the class, 0 < w < 1 weakens it, w = 0 ignores the label (the unconditional "
+                             "model) and w < 0 steers away from the class [none]")  # fmt: skip
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--n", type=positive_int, default=64, help="number of images [64]")
     samplers = "; ".join(f"{row.name}: {row.help}" for row in SAMPLERS.values())
@@ -85,6 +99,22 @@ def open_source(source):
     raise ValueError(f"{source!r} is neither a stored diffusion model ({', '.join(DIFFUSION_MODELS)}) nor a run folder")
 
 
+OUTPUTS = ("samples.png", "samples.safetensors", "settings.json")
+
+
+def unwritable(out):
+    """Why this command may not write into ``out``, or None: it never writes into a stored artifact's folder, nor
+    into one that holds files it did not write, nor where a file stands in the way."""
+    if out.exists() and not out.is_dir():
+        return f"{out} is a file, not a folder"
+    if (out / "meta.json").exists():
+        return f"{out} holds a stored artifact (meta.json); choose another folder"
+    others = sorted(path.name for path in out.iterdir() if path.name not in OUTPUTS) if out.is_dir() else []
+    if others:
+        return f"{out} holds files this command did not write ({', '.join(others[:3])}); choose a new or empty folder"
+    return None
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -95,14 +125,25 @@ def main(argv=None):
         parser.error(f"argument --sampler {args.sampler}: {error}")
     if args.guidance_scale is not None and args.label is None:
         parser.error("argument --guidance-scale: needs --label, the class to steer towards")
+    if unwritable(args.out):
+        parser.error(f"argument --out: {unwritable(args.out)}")
     try:
         model = open_source(args.source)
-        if args.steps is not None and model.schedule is not None and args.steps > model.schedule.T:
-            parser.error(f"argument --steps: must be at most the model's T = {model.schedule.T}, got {args.steps}")
-        labels = None if args.label is None else torch.full((args.n,), args.label)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+    if args.steps is not None and model.schedule is not None and args.steps > model.schedule.T:
+        parser.error(f"argument --steps: must be at most the model's T = {model.schedule.T}, got {args.steps}")
+    try:  # before sampling, so that a folder that cannot be written fails now
+        args.out.mkdir(parents=True, exist_ok=True)
+        if not os.access(args.out, os.W_OK):
+            raise PermissionError(errno.EACCES, "Permission denied")
+    except OSError as error:
+        parser.error(f"argument --out: cannot write to {args.out}: {error.strerror}")
+    labels = None if args.label is None else torch.full((args.n,), args.label)
+    try:
         images = model.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, device=args.device,
                               labels=labels, progress=True, guidance_scale=args.guidance_scale, **options)  # fmt: skip
-    except (ValueError, FileNotFoundError) as error:
+    except ValueError as error:
         parser.error(str(error))
     unsaved = ("out", "sampler_options", *args.sampler_options)
     chosen = {key: value for key, value in vars(args).items() if key not in unsaved}

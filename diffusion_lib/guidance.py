@@ -7,6 +7,7 @@ and an unconditional noise prediction (classifier-free guidance). Every sampler 
 runs them as it runs any model.
 """
 
+import math
 import numbers
 
 import torch
@@ -29,6 +30,8 @@ def _labels(y, x):
 def _check_scale(scale):
     if not isinstance(scale, numbers.Real) or isinstance(scale, bool):
         raise ValueError(f"scale must be a real number, got {scale!r}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
 
 
 def classifier_free(model, y, scale, null_label=None):

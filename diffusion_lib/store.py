@@ -119,14 +119,14 @@ def save_json(folder, name, value):
 
 
 def finish(folder, meta):
-    """Record the SHA-256 of every file in folder (but meta.json and the run/ folder) and write meta.json last.
+    """Record the SHA-256 of every file in folder (but meta.json, a meta.json.partial left by a finish that was
+    killed, and the run/ folder) and write meta.json last.
 
     Writing meta.json last makes it the mark of a complete artifact.
     """
-    folder = Path(folder)
-    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "meta.json")
+    folder, partial = Path(folder), Path(folder) / "meta.json.partial"
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in ("meta.json", partial.name))
     meta = {**meta, "files": {name: file_hash(folder / name) for name in names}}
-    partial = folder / "meta.json.partial"
     partial.write_text(json.dumps(meta, indent=1) + "\n")
     os.replace(partial, folder / "meta.json")
     return meta

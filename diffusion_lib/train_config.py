@@ -67,6 +67,11 @@ def dataset_name(value):
         return f"one of {', '.join(data.IMAGE_DATASETS)}"
 
 
+def not_an_artifact(value):
+    if not isinstance(value, str) or (Path(value) / "meta.json").exists():
+        return "a folder without a stored artifact's meta.json"
+
+
 def optional(check):
     def check_unless_none(value):
         return None if value is None else check(value)
@@ -121,7 +126,9 @@ class TrainConfig:
         None, "hardware", f"torch.compile mode: {', '.join(COMPILE_MODES)}", optional(one_of(*COMPILE_MODES))
     )
     workers: int = option(4, "hardware", "data-loading processes for data sets read from files", non_negative_int)
-    out: str | None = option(None, "output", "run folder (default: runs/<data set>-<hash of the settings>)")
+    out: str | None = option(
+        None, "output", "run folder (default: runs/<data set>-<hash of the settings>)", optional(not_an_artifact)
+    )
     checkpoint_every: int = option(1000, "output", "steps between checkpoints", positive_int)
     log_every: int = option(50, "output", "steps between records of the training curve", positive_int)
     sample_every: int = option(0, "output", "epochs between sample grids (0: none)", non_negative_int)

@@ -149,7 +149,7 @@ def test_build_needs_the_classifier_first_and_hands_it_over(fresh, monkeypatch):
     classifier_meta = json.loads((fresh / "mnist-classifier" / "meta.json").read_text())
     assert classifier_meta["steps"] == TRAIN_IMAGES // 128  # one epoch of batches of 128
     built_at = (fresh / "mnist-classifier" / "meta.json").stat().st_mtime_ns
-    artifacts.build("mnist-ddpm", "cpu")
+    artifacts.build("mnist-ddpm", "cpu", force=True)
     assert (fresh / "mnist-classifier" / "meta.json").stat().st_mtime_ns == built_at  # not built again
 
 
@@ -345,6 +345,38 @@ def rebuilt(in_built, tmp_path):
     yield in_built
     shutil.rmtree(in_built)
     shutil.copytree(backup, in_built)
+
+
+def test_an_artifact_that_is_ok_is_not_built_again_unless_forced(rebuilt, capsys):
+    meta = rebuilt / "mnist-ddpm" / "meta.json"
+    before = meta.read_bytes(), meta.stat().st_mtime_ns
+    assert artifacts.build("mnist-ddpm", "cpu") is True
+    assert (meta.read_bytes(), meta.stat().st_mtime_ns) == before
+    assert "mnist-ddpm is ok (built on cpu); nothing to do (--force rebuilds it)" in capsys.readouterr().out
+    assert artifacts.build("mnist-ddpm", "cpu", force=True) is True
+    assert meta.stat().st_mtime_ns != before[1] and artifacts.status("mnist-ddpm") == ("ok", "cpu")
+
+
+def test_a_gpu_made_artifact_is_not_replaced_by_a_cpu_build_unless_forced(rebuilt, monkeypatch, capsys):
+    stored = json.loads((rebuilt / "mnist-ddpm" / "meta.json").read_text())
+    (rebuilt / "mnist-ddpm" / "meta.json").write_text(json.dumps({**stored, "device": "cuda"}))
+    monkeypatch.setattr(artifacts, "EXPERIMENTS", ddpm_changed(train={"lr": 5e-4}))  # stale, so a build would run
+    message = "mnist-ddpm was built on a GPU and is stale: config changed; a build on cpu would replace it"
+    with pytest.raises(ValueError, match=message):
+        artifacts.build("mnist-ddpm", "cpu")
+    with pytest.raises(SystemExit) as stopped:
+        artifacts.main(["build", "mnist-ddpm", "--device", "cpu"])
+    assert stopped.value.code == 2 and "build it on a GPU, or pass --force" in capsys.readouterr().err
+    assert json.loads((rebuilt / "mnist-ddpm" / "meta.json").read_text())["device"] == "cuda"  # untouched
+    assert artifacts.build("mnist-ddpm", "cpu", force=True) is True
+
+
+@pytest.mark.parametrize("budget", ["-3", "nan", "inf", "soon"])
+def test_a_time_budget_is_a_finite_number_of_seconds(fresh, budget, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        artifacts.main(["build", "mnist-ddpm", f"--time-budget={budget}"])
+    assert stopped.value.code == 2 and "argument --time-budget:" in capsys.readouterr().err.splitlines()[-1]
+    assert artifacts.status("mnist-ddpm") == ("missing", None)
 
 
 def test_the_rebuild_command_rebuilds_after_a_training_config_change(rebuilt, monkeypatch):

@@ -50,6 +50,8 @@ def test_every_option_of_the_registry_is_a_flag_that_names_its_samplers():
         (["--sampler", "ddim", "--variance", "beta"], "sampler 'ddim' takes no option 'variance'"),
         (["--eta", "half"], "argument --eta: invalid float value: 'half'"),
         (["--variance", "big"], "argument --variance: invalid choice: 'big'"),
+        (["--label", "3", "--guidance-scale", "nan"], "argument --guidance-scale: must be a finite number, got nan"),
+        (["--label", "3", "--guidance-scale=-inf"], "argument --guidance-scale: must be a finite number, got -inf"),
     ],
 )
 def test_an_option_the_sampler_does_not_take_is_one_line_before_any_work(capsys, run, tmp_path, flags, message):
@@ -116,3 +118,26 @@ def test_the_sampling_command_names_only_the_stored_diffusion_models(capsys):
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.endswith("argument --guidance-scale: needs --label, the class to steer towards")
+
+
+def test_the_output_folder_is_checked_before_any_work_and_never_a_stored_artifact(capsys, run, tmp_path):
+    artifact, foreign, a_file = tmp_path / "artifact", tmp_path / "notes", tmp_path / "a-file"
+    artifact.mkdir()
+    (artifact / "meta.json").write_text("{}")
+    (artifact / "samples.png").write_bytes(b"the artifact's own")
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("mine")
+    a_file.write_text("")
+    expected = {
+        artifact: f"argument --out: {artifact} holds a stored artifact (meta.json); choose another folder",
+        foreign: f"argument --out: {foreign} holds files this command did not write (thesis.tex)",
+        a_file: f"argument --out: {a_file} is a file, not a folder",
+    }
+    for out, message in expected.items():
+        assert message in error_of(capsys, [str(run), "--n", "2", "--steps", "2", "--out", str(out)])
+    assert (artifact / "samples.png").read_bytes() == b"the artifact's own" and len(list(artifact.iterdir())) == 2
+    assert [path.name for path in foreign.iterdir()] == ["thesis.tex"] and a_file.read_text() == ""
+    again = tmp_path / "again"  # a folder this command wrote may be written again
+    for _ in range(2):
+        generate.main([str(run), "--n", "2", "--steps", "2", "--device", "cpu", "--out", str(again)])
+    assert sorted(path.name for path in again.iterdir()) == sorted(generate.OUTPUTS)

@@ -177,6 +177,9 @@ def test_bad_input_is_named(small_networks):
         classifier_free(unet, 1, "2")
     with pytest.raises(ValueError, match="scale must be a real number, got True"):
         classifier_guided(unet, classifier, NoiseSchedule.linear(10), 1, True)
+    for infinite in (float("nan"), float("inf"), -float("inf")):  # would sample NaN images without a word
+        with pytest.raises(ValueError, match=f"scale must be a finite number, got {infinite}"):
+            classifier_free(unet, 1, infinite)
     with pytest.raises(ValueError, match="model has no num_classes to name its null label; pass null_label"):
         classifier_free(lambda x, t, y: x, 1, 2.0)
     assert classifier_free(lambda x, t, y: y.double(), 1, 2.0, null_label=5)(x, t).tolist() == [-3.0, -3.0]

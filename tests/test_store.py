@@ -77,6 +77,10 @@ def test_finish_records_every_file_and_damage_is_found(tmp_path):
     assert store.damaged_files(folder, meta) == ["metrics.json", "weights.safetensors"]
     store.finish(folder, {"name": "x"})  # an old meta.json is not recorded as a file of the artifact
     assert set(store.read_meta(folder)["files"]) == {"metrics.json"}
+    (folder / "meta.json.partial").write_text("{")  # left by a finish that was killed while writing it
+    store.finish(folder, {"name": "x"})
+    assert set(store.read_meta(folder)["files"]) == {"metrics.json"}
+    assert store.damaged_files(folder, store.read_meta(folder)) == []
 
 
 def test_saved_files_read_back(tmp_path):

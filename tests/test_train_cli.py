@@ -147,3 +147,15 @@ def test_the_command_line_reports_errors_in_one_line_and_shows_its_help(tmp_path
     assert stdout.startswith(f"usage: {PROGRAM} [-h]")
     for title in ("data", "model", "the diffusion process", "optimisation", "hardware", "output and stopping"):
         assert f"\n{title}:\n" in stdout
+
+
+def test_a_run_is_never_written_into_a_stored_artifact(tmp_path, invoked_as_module, capsys):
+    artifact = tmp_path / "mnist-ddpm"
+    artifact.mkdir()
+    (artifact / "meta.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit:
+        train_cli.main(["--steps", "5", "--dataset", "digits", "--device", "cpu", "--out", str(artifact)])
+    assert exit.value.code == 2
+    expected = f"argument --out: must be a folder without a stored artifact's meta.json, got {artifact}"
+    assert error_line(capsys.readouterr().err) == expected
+    assert sorted(path.name for path in artifact.iterdir()) == ["meta.json"]
