@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from . import checkpoints, store
+from .cli import usable_device
 from .experiments import EXPERIMENTS
 from .pipeline import Pipeline
 
@@ -141,7 +142,10 @@ def status(name):
 
 
 def _check(exp, path):
-    meta = store.read_meta(path)
+    try:
+        meta = store.read_meta(path)
+    except json.JSONDecodeError:
+        return "damaged: meta.json", None
     if meta is None:
         return "missing", None
     damaged = store.damaged_files(path, meta)
@@ -216,7 +220,7 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     build_parser = commands.add_parser("build", help="build (or continue building) artifacts")
     build_parser.add_argument("names", nargs="+", choices=list(EXPERIMENTS))
-    build_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    build_parser.add_argument("--device", type=usable_device, default="cuda" if torch.cuda.is_available() else "cpu",
                               help="cpu, cuda or cuda:N [cuda if available]")  # fmt: skip
     build_parser.add_argument("--time-budget", type=seconds, default=None, help="seconds; stop cleanly after them")
     build_parser.add_argument("--force", action="store_true", help="rebuild an artifact that is ok, or a GPU-made "

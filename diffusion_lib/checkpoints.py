@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
 
 def save(path, tensors, meta):
@@ -23,13 +24,16 @@ def save(path, tensors, meta):
 
 
 def load(path, device="cpu"):
-    """The (tensors, meta) that :func:`save` wrote to path."""
+    """The (tensors, meta) that :func:`save` wrote to path; a ValueError naming the file when it cannot be read."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path.resolve()}")
-    with safe_open(path, framework="pt") as f:
-        meta = json.loads(f.metadata()["meta"])
-    return load_file(path, device=str(device)), meta
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = json.loads(f.metadata()["meta"])
+        return load_file(path, device=str(device)), meta
+    except (SafetensorError, KeyError, TypeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path.resolve()} is damaged or truncated ({error}); it cannot be read") from error
 
 
 def prefixed(prefix, tensors):

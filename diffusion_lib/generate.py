@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from . import artifacts, store
+from .cli import usable_device
 from .experiments import EXPERIMENTS
 from .sampling import SAMPLERS
 from .train import program_name
@@ -84,7 +85,7 @@ def build_parser():
     sampling.add_argument("--seed", type=int, default=0, help="seed of the noises [0]")
     parser.set_defaults(sampler_options=add_sampler_options(sampling))
     hardware = parser.add_argument_group("hardware and output")
-    hardware.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    hardware.add_argument("--device", type=usable_device, default="cuda" if torch.cuda.is_available() else "cpu",
                           help="cpu, cuda or cuda:N [cuda if available]")  # fmt: skip
     hardware.add_argument("--out", type=Path, default=Path("samples"), help="folder to write into [samples]")
     return parser

@@ -31,6 +31,24 @@ def default_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def unavailable_device(name):
+    """Why the device ``name`` cannot be used on this machine, or None: a misspelling, a kind of device the library
+    does not run on, or a GPU the machine lacks."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        return f"{name!r} is not a device; use cpu, cuda or cuda:N"
+    if device.type == "cpu":
+        return None
+    if device.type != "cuda":
+        return f"{name!r} is not a device this library runs on; use cpu, cuda or cuda:N"
+    if not torch.cuda.is_available():
+        return f"{name} is not available: this machine has no CUDA GPU (use cpu)"
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        return f"{name} is not available: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0 first"
+    return None
+
+
 @functools.cache
 def cpu_has_native_bf16():
     """Whether this CPU's oneDNN computes in bfloat16 natively (AVX512-BF16 or AMX), not by emulation."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data
+from .inference import unavailable_device
 from .parameterization import PREDICTIONS
 
 SCHEDULES = ("linear", "cosine")
@@ -67,6 +68,11 @@ def dataset_name(value):
         return f"one of {', '.join(data.IMAGE_DATASETS)}"
 
 
+def usable_device(value):
+    if not isinstance(value, str) or unavailable_device(value):
+        return "cpu, or cuda / cuda:N where this machine has that GPU"
+
+
 def not_an_artifact(value):
     if not isinstance(value, str) or (Path(value) / "meta.json").exists():
         return "a folder without a stored artifact's meta.json"
@@ -119,7 +125,9 @@ class TrainConfig:
     grad_clip: float = option(1.0, "optimisation", "clip the gradient's norm at this value", positive_number)
     ema_decay: float = option(0.9999, "optimisation", "decay of the exponential moving average of the weights", decay)
     seed: int = option(0, "optimisation", "seed of the weights, batches, steps and noises", non_negative_int)
-    device: str | None = option(None, "hardware", "cpu, cuda or cuda:N (default: cuda if available)")
+    device: str | None = option(
+        None, "hardware", "cpu, cuda or cuda:N (default: cuda if available)", optional(usable_device)
+    )
     bf16: bool | None = option(None, "hardware", "bfloat16 autocast (default: on for CUDA)")
     compile: bool | None = option(None, "hardware", "torch.compile the network (default: on for CUDA)")
     compile_mode: str | None = option(

@@ -311,6 +311,16 @@ def test_a_damaged_weights_file_is_named_with_the_remedy(rebuilt, damage):
     assert "DIFFUSION_ARTIFACTS" in str(error.value) and f"{BUILD_HINT} mnist-ddpm" in str(error.value)
 
 
+def test_a_truncated_meta_file_is_damage_not_a_crash(rebuilt, capsys):
+    meta = rebuilt / "mnist-ddpm" / "meta.json"
+    meta.write_bytes(meta.read_bytes()[:40])
+    assert artifacts.status("mnist-ddpm") == ("damaged: meta.json", None)
+    artifacts.main(["status"])
+    assert ["mnist-ddpm", "damaged:", "meta.json"] in [line.split() for line in capsys.readouterr().out.splitlines()]
+    with pytest.raises(ValueError, match="artifact 'mnist-ddpm' is damaged: meta.json in"):
+        artifacts.load("mnist-ddpm")
+
+
 def test_a_missing_or_changed_metrics_file_is_caught(rebuilt):
     (rebuilt / "mnist-ddpm" / "metrics.json").unlink()
     assert artifacts.status("mnist-ddpm") == ("damaged: metrics.json", "cpu")

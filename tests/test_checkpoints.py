@@ -124,3 +124,13 @@ def test_save_creates_the_folders_and_stores_any_tensor(tmp_path):
     tensors, meta = checkpoints.load(path)
     assert meta == {"step": 2} and set(tensors) == {"w"}
     assert torch.equal(tensors["w"], torch.arange(6.0).reshape(2, 3) * 2) and not tensors["w"].requires_grad
+
+
+@pytest.mark.parametrize("kept", [0.5, 0.01])
+def test_a_truncated_file_is_a_value_error_naming_it(tmp_path, kept):
+    path = tmp_path / "run" / "checkpoint.safetensors"
+    checkpoints.save(path, {"w": torch.ones(100)}, {"step": 3})
+    whole = path.read_bytes()
+    path.write_bytes(whole[: int(len(whole) * kept)])
+    with pytest.raises(ValueError, match=f"{path.resolve()} is damaged or truncated"):
+        checkpoints.load(path)

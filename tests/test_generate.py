@@ -141,3 +141,13 @@ def test_the_output_folder_is_checked_before_any_work_and_never_a_stored_artifac
     for _ in range(2):
         generate.main([str(run), "--n", "2", "--steps", "2", "--device", "cpu", "--out", str(again)])
     assert sorted(path.name for path in again.iterdir()) == sorted(generate.OUTPUTS)
+
+
+def test_a_truncated_run_file_is_one_line_naming_it(capsys, run, tmp_path):
+    damaged = tmp_path / "damaged-run"
+    damaged.mkdir()
+    ema = (run / "ema.safetensors").read_bytes()
+    (damaged / "ema.safetensors").write_bytes(ema[: len(ema) // 2])
+    error = error_of(capsys, [str(damaged), "--n", "2", "--steps", "2", "--out", str(tmp_path / "out")])
+    assert f"{(damaged / 'ema.safetensors').resolve()} is damaged or truncated" in error
+    assert not (tmp_path / "out").exists()

@@ -138,3 +138,36 @@ class Counting(torch.nn.Module):
     def forward(self, *args):
         self.calls += 1
         return self.network(*args)
+
+
+def test_a_device_the_machine_lacks_is_named_with_what_to_use(monkeypatch):
+    from diffusion_lib.inference import unavailable_device
+
+    assert unavailable_device("cpu") is None
+    assert unavailable_device("tpu") == "'tpu' is not a device; use cpu, cuda or cuda:N"
+    assert unavailable_device("mps") == "'mps' is not a device this library runs on; use cpu, cuda or cuda:N"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert unavailable_device("cuda") == "cuda is not available: this machine has no CUDA GPU (use cpu)"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert unavailable_device("cuda") is None and unavailable_device("cuda:1") is None
+    assert unavailable_device("cuda:2") == "cuda:2 is not available: this machine has 2 CUDA GPU(s), cuda:0 first"
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:7"])
+def test_every_command_refuses_a_device_the_machine_lacks_in_one_line(device, monkeypatch, capsys, tmp_path):
+    from diffusion_lib import artifacts, generate, train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    commands = {
+        artifacts.main: ["build", "mnist-ddpm", "--device", device],
+        generate.main: ["mnist-ddpm", "--n", "2", "--device", device, "--out", str(tmp_path / "out")],
+        train.main: ["--steps", "5", "--dataset", "digits", "--device", device, "--out", str(tmp_path / "run")],
+    }
+    for command, argv in commands.items():
+        with pytest.raises(SystemExit) as stopped:
+            command(argv)
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert stopped.value.code == 2 and "argument --device:" in error and "Traceback" not in error
+        assert (device in error) and ("use cpu" in error or "that GPU" in error), error
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
