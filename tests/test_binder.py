@@ -43,3 +43,14 @@ def test_requirements_hold_exact_pins_only():
         binder_requirements.pins("\n".join(lines))
     with pytest.raises(ValueError, match="exact pins"):
         binder_requirements.pins("torch>=2.1\n")
+
+
+def test_the_packages_only_the_cuda_build_needs_are_for_linux_only():
+    """pip skips a line whose marker is false, so macOS and Windows install the rest (torch's own wheels there need
+    none of these); every other pin installs everywhere."""
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name = line.split("==")[0]
+        marked = line.endswith('; platform_system == "Linux"')
+        assert marked == bool(binder_requirements.CUDA_ONLY.match(name)), line

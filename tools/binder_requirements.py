@@ -21,11 +21,14 @@ CUDA_ONLY = re.compile(r"^(nvidia-.*|cuda-.*|triton)$", re.IGNORECASE)
 CPU_BUILDS = {"torch", "torchvision"}
 # Binder's interface; jupytext (in requirements.txt) lets it open the .md chapters as notebooks.
 BINDER_ONLY = ["jupyterlab==4.6.6"]
-PIN = re.compile(r"^([A-Za-z0-9_.-]+)==(\S+)$")
+# name==version, and for the packages only the CUDA build needs, the environment marker that keeps them off other
+# systems (PyTorch's own: platform_system == "Linux")
+PIN = re.compile(r'^([A-Za-z0-9_.-]+)==([^\s;]+)(?:\s*;\s*platform_system == "Linux")?$')
 
 
 def pins(text: str) -> list[tuple[str, str]]:
-    """The ``name==version`` lines of a requirements file, in order; anything else is an error."""
+    """The ``name==version`` lines of a requirements file (a Linux-only marker allowed), in order; anything else is
+    an error."""
     found = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
@@ -33,7 +36,7 @@ def pins(text: str) -> list[tuple[str, str]]:
             continue
         match = PIN.match(line)
         if not match:
-            raise ValueError(f"requirements.txt must hold exact pins only (name==version), not {line!r}")
+            raise ValueError(f"requirements.txt must hold exact pins only (name==version[; marker]), not {line!r}")
         found.append((match.group(1), match.group(2)))
     return found
 
