@@ -14,12 +14,21 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 
+def write_safetensors(path, tensors, metadata=None):
+    """Write tensors (a dict of name -> tensor, copied to the CPU) to path in safetensors, readable as any file this
+    process writes (safetensors itself makes its files private to their owner)."""
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path, metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save(path, tensors, meta):
     """Write tensors (a dict of name -> tensor) and meta (JSON-serialisable) to path, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, partial, {"meta": json.dumps(meta)})
+    write_safetensors(partial, tensors, {"meta": json.dumps(meta)})
     os.replace(partial, path)
 
 

@@ -8,10 +8,11 @@ weights, the EMA, the optimizer's moments and the global generators (which
 dropout draws from). Under ``torchrun`` it trains with DistributedDataParallel,
 each process taking its share of the same global batch.
 
-A run folder holds checkpoint.safetensors, ema.safetensors (the EMA weights,
-with the config, image shape and number of classes), history.json (the loss
-every ``log_every`` steps) and, every ``sample_every`` epochs, a grid
-samples_epoch_N.png drawn by the EMA network with ``sample_steps`` steps.
+A run folder holds config.json (its settings, readable), checkpoint.safetensors,
+ema.safetensors (the EMA weights, with the config, image shape and number of
+classes), history.json (the loss every ``log_every`` steps) and, every
+``sample_every`` epochs, a grid samples_epoch_N.png drawn by the EMA network
+with ``sample_steps`` steps.
 Its command line is :mod:`diffusion_lib.train`.
 """
 
@@ -19,6 +20,7 @@ import copy
 import dataclasses
 import json
 import os
+import sys
 import time
 
 import torch
@@ -163,7 +165,7 @@ def train(config):
         if process.main:
             print(f"{out} is already complete ({step} steps); nothing to do", flush=True)
         return {**summary, "complete": True, "seconds": seconds, "final_loss": _final_loss(log)}
-    out.mkdir(parents=True, exist_ok=True)
+    _open(out, config, total_steps, process)
 
     network, batches = _wrapped(model, config, process), _batches(dataset, in_memory, process, config, step)
     quiet = {} if process.main else {"disable": True}  # on the main process, TQDM_DISABLE=1 may still silence it
@@ -198,6 +200,18 @@ def train(config):
         dist.barrier()
     return {**summary, "steps": step, "complete": not stopped_early, "seconds": seconds,
             "final_loss": _final_loss(log)}  # fmt: skip
+
+
+def _open(out, config, total_steps, process):
+    """Make the run folder and write its settings, readable, to config.json; warn when the warm-up does not end
+    before the last step (the learning rate would never reach lr)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not process.main:
+        return
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1) + "\n")
+    if config.warmup >= total_steps:
+        print(f"warning: the warm-up ({config.warmup} steps) does not end before the run does ({total_steps} steps), "
+              f"so the learning rate never reaches lr = {config.lr}", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def _data(config, device):

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+
+from . import checkpoints
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -101,7 +102,7 @@ def save_weights(folder, weights):
 def save_tensors(folder, name, tensors):
     """Write a dict of tensors to folder/name in safetensors."""
     Path(folder).mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, Path(folder) / name)
+    checkpoints.write_safetensors(Path(folder) / name, tensors)
 
 
 def save_grid(folder, name, images, nrow):

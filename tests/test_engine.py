@@ -471,7 +471,8 @@ def test_a_fresh_run_folder_holds_checkpoint_ema_history_and_a_grid(tmp_path, ti
     }  # fmt: skip
     assert summary["seconds"] > 0
     names = sorted(path.name for path in out.iterdir())
-    assert names == ["checkpoint.safetensors", "ema.safetensors", "history.json", "samples_epoch_1.png"]
+    assert names == ["checkpoint.safetensors", "config.json", "ema.safetensors", "history.json", "samples_epoch_1.png"]
+    assert json.loads((out / "config.json").read_text()) == json.loads(json.dumps(dataclasses.asdict(config)))
 
     ema, meta = checkpoints.load(out / "ema.safetensors")
     assert meta["image_shape"] == [1, 8, 8] and meta["num_classes"] is None and meta["step"] == 6
@@ -700,3 +701,10 @@ def test_a_resumed_run_adds_its_time_to_that_of_the_earlier_sessions(tmp_path, m
     assert summary["complete"] and 1000.0 < summary["seconds"] < 1000.0 + elapsed
     history = json.loads((out / "history.json").read_text())
     assert [record["step"] for record in history] == [2, 4, 6] and all(r["seconds"] > 1000.0 for r in history)
+
+
+def test_a_warm_up_longer_than_the_run_is_warned_of(tmp_path, capsys, tiny_config):
+    train(tiny_config(tmp_path / "long", steps=4, warmup=4))
+    assert "warning: the warm-up (4 steps) does not end before the run does (4 steps)" in capsys.readouterr().err
+    train(tiny_config(tmp_path / "short", steps=4, warmup=2))
+    assert "warm-up" not in capsys.readouterr().err

@@ -151,3 +151,18 @@ def test_a_truncated_run_file_is_one_line_naming_it(capsys, run, tmp_path):
     error = error_of(capsys, [str(damaged), "--n", "2", "--steps", "2", "--out", str(tmp_path / "out")])
     assert f"{(damaged / 'ema.safetensors').resolve()} is damaged or truncated" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_the_label_and_guidance_scale_reach_the_sampler(tmp_path, tiny_config):
+    run = tmp_path / "conditional"
+    assert train(tiny_config(run, conditional=True))["complete"]
+    out = tmp_path / "out"
+    generate.main([str(run), "--n", "3", "--steps", "3", "--seed", "5", "--label", "7", "--guidance-scale", "2.5",
+                   "--sampler", "ddim", "--device", "cpu", "--out", str(out)])  # fmt: skip
+    settings = json.loads((out / "settings.json").read_text())
+    assert (settings["label"], settings["guidance_scale"], settings["seed"]) == (7, 2.5, 5)
+    expected = artifacts.load_run(run).sample(3, sampler="ddim", steps=3, seed=5, labels=torch.full((3,), 7),
+                                              guidance_scale=2.5)  # fmt: skip
+    torch.testing.assert_close(load_file(out / "samples.safetensors")["images"], expected, rtol=0, atol=0)
+    plain = artifacts.load_run(run).sample(3, sampler="ddim", steps=3, seed=5, labels=torch.full((3,), 7))
+    assert not torch.equal(expected, plain)  # the scale made a difference, so dropping it would be seen

@@ -8,6 +8,8 @@ safetensors, PIL and json.
 
 import hashlib
 import json
+import os
+import stat
 import subprocess
 
 import pytest
@@ -15,7 +17,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from diffusion_lib import store
+from diffusion_lib import checkpoints, store
 
 
 def test_root_is_diffusion_artifacts_else_beside_the_library(monkeypatch, tmp_path):
@@ -113,3 +115,16 @@ def test_provenance_of_a_cpu_result(monkeypatch):
     assert len(found["built"]) == 10 and found["built"][4] == "-"
     monkeypatch.setenv("GIT_COMMIT", " abc123\n")
     assert store.provenance(torch.device("cpu"), 0.0)["git_commit"] == "abc123"
+
+
+def test_stored_tensors_are_as_readable_as_any_file_written_here(tmp_path):
+    """safetensors writes files private to their owner (0600); the library's are as the umask makes other files."""
+    umask = os.umask(0o022)
+    try:
+        store.save_tensors(tmp_path, "stored.safetensors", {"x": torch.ones(2)})
+        checkpoints.save(tmp_path / "checkpoint.safetensors", {"x": torch.ones(2)}, {"step": 1})
+        (tmp_path / "plain.txt").write_text("")
+    finally:
+        os.umask(umask)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
+    assert modes == {"stored.safetensors": 0o644, "checkpoint.safetensors": 0o644, "plain.txt": 0o644}
